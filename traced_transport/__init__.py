@@ -1,0 +1,35 @@
+"""traced-transport: observability middleware for asyncio transports.
+
+``traced(protocol_factory, name=..., side=...)`` wraps a protocol factory; every
+connection it serves gets a proxy transport and a wrapping protocol that count
+bytes, flow-control transitions and lifecycle into a plain per-connection
+record, kept in a thread-safe registry.
+"""
+from ._classify import ConnKey
+from ._factory import TracedProtocolFactory, traced
+from ._proxy import TracedTransport, is_proxy, unwrap
+from ._record import ConnectionRecord, Group, Observer
+from ._registry import Registry, Snapshot, Totals, default_registry
+from ._streams import open_connection, open_unix_connection, start_server, start_unix_server
+
+__all__ = [
+    "ConnKey",
+    "ConnectionRecord",
+    "Group",
+    "Observer",
+    "Registry",
+    "Snapshot",
+    "Totals",
+    "TracedProtocolFactory",
+    "TracedTransport",
+    "default_registry",
+    "is_proxy",
+    "open_connection",
+    "open_unix_connection",
+    "start_server",
+    "start_unix_server",
+    "traced",
+    "unwrap",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+"""``traced()``: wrap a protocol factory so every connection it serves is recorded."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from . import _hooks, _protocols
+from ._record import ConnectionRecord, Group, Observer
+from ._registry import Registry, default_registry
+
+SIDES = ("server", "client")
+
+
+class TracedProtocolFactory:
+    """A protocol factory, usable anywhere asyncio takes one."""
+
+    __slots__ = ("protocol_factory", "group", "__weakref__")
+
+    def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
+        self.protocol_factory = protocol_factory
+        self.group = group
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        app = self.protocol_factory(*args, **kwargs)
+        return _protocols.wrap(app, ConnectionRecord(self.group))
+
+    def __repr__(self) -> str:
+        return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"
+
+
+def traced(
+    protocol_factory: Callable[..., Any],
+    *,
+    name: str = "transport",
+    side: str = "server",
+    registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None,
+) -> TracedProtocolFactory:
+    """Wrap ``protocol_factory`` so that its connections get proxy transports.
+
+    ``name`` becomes the ``transport.name`` attribute (keep it a constant: it is a
+    metric label); ``side`` is ``"server"`` or ``"client"``. Records go to
+    ``registry`` (the process-wide default if omitted).
+    """
+    if not callable(protocol_factory):
+        raise TypeError(f"protocol_factory must be callable, got {protocol_factory!r}")
+    if side not in SIDES:
+        raise ValueError(f"side must be 'server' or 'client', got {side!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    _hooks.ensure_known_loops()
+    group = Group(name, side, registry if registry is not None else default_registry, observer)
+    return TracedProtocolFactory(protocol_factory, group)

@@ -1,0 +1,214 @@
+"""Loop hooks: the loop methods that hand a transport to the app or take one back.
+
+``loop.create_connection(traced(f), ...)`` and its siblings return
+``(transport, protocol)`` themselves, not through the protocol: left alone
+they would return the real transport and our wrapper. The hooks map that pair
+to ``(proxy, app protocol)`` so the app sees what ``connection_made`` saw.
+
+``loop.start_tls(proxy, ...)`` and ``loop.sendfile(proxy, ...)`` hand our
+proxy back to the loop. Left alone, asyncio would handle the proxy through its
+forwarded private attributes, but (1) uvloop's ``start_tls`` accepts only its
+own transport classes, (2) after ``start_tls`` the connection would be counted
+as ciphertext and (3) native sendfile bypasses ``write()`` so its bytes would
+not be counted. So, per loop class, the first time a traced connection is seen
+on it, these two methods are wrapped: for a proxy they do the work on the real
+transport and wrap again; for anything else they call the original directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from typing import Any
+
+from . import _protocols, _proxy
+from ._record import TLS_FAILED, monotonic
+from ._safety import report
+
+_MARK = "__traced_transport_original__"
+_seen: set[type] = set()
+_patched: list[tuple[type, str, Any]] = []
+
+
+# Loop methods that return (transport, protocol).
+_PAIR_RETURNING = (
+    "create_connection",
+    "create_unix_connection",
+    "create_datagram_endpoint",
+    "connect_accepted_socket",
+    "connect_read_pipe",
+    "connect_write_pipe",
+    "subprocess_exec",
+    "subprocess_shell",
+)
+
+
+def ensure_for_running_loop() -> None:
+    loop = asyncio.events._get_running_loop()
+    if loop is not None and type(loop) not in _seen:
+        ensure(type(loop))
+
+
+def ensure_known_loops() -> None:
+    """Hook the loop classes an app is about to use, before it calls create_connection."""
+    if asyncio.SelectorEventLoop not in _seen:
+        ensure(asyncio.SelectorEventLoop)
+    uvloop = sys.modules.get("uvloop")
+    loop_cls = getattr(uvloop, "Loop", None)
+    if loop_cls is not None and loop_cls not in _seen:
+        ensure(loop_cls)
+    ensure_for_running_loop()
+
+
+def _hooks_for() -> list:
+    hooks: list = [("start_tls", _make_start_tls), ("sendfile", _make_sendfile)]
+    hooks += [(name, _make_pair_returning) for name in _PAIR_RETURNING]
+    return hooks
+
+
+def ensure(loop_cls: type) -> None:
+    _seen.add(loop_cls)
+    for name, make in _hooks_for():
+        original = getattr(loop_cls, name, None)
+        if original is None or hasattr(original, _MARK):
+            continue
+        hooked = make(original)
+        setattr(hooked, _MARK, original)
+        own = loop_cls.__dict__.get(name)
+        try:
+            setattr(loop_cls, name, hooked)
+        except (TypeError, AttributeError):
+            # An extension type we cannot patch: proxies still work there
+            # through their forwarded attributes, only less precisely.
+            continue
+        _patched.append((loop_cls, name, own))
+
+
+def remove_all() -> None:
+    """Undo every hook (uninstrument, tests)."""
+    while _patched:
+        loop_cls, name, own = _patched.pop()
+        hooked = loop_cls.__dict__.get(name)
+        if hooked is not None and hasattr(hooked, _MARK):
+            if own is None:
+                delattr(loop_cls, name)
+            else:
+                setattr(loop_cls, name, own)
+    _seen.clear()
+
+
+def _make_pair_returning(original: Any) -> Any:
+    @functools.wraps(original)
+    async def method(self, *args, **kwargs):
+        transport, protocol = await original(self, *args, **kwargs)
+        if isinstance(protocol, _protocols._Wrapper):
+            proxy = protocol._proxy
+            if proxy is None:  # connection_made not called (yet): make it now
+                proxy = protocol._proxy = _proxy.make_proxy(transport, protocol, protocol._rec)
+            return proxy, protocol._app
+        return transport, protocol
+
+    return method
+
+
+def _make_start_tls(original: Any) -> Any:
+    @functools.wraps(original)
+    async def start_tls(self, transport, protocol, sslcontext, *args, **kwargs):
+        if not isinstance(transport, _proxy.TracedTransport):
+            return await original(self, transport, protocol, sslcontext, *args, **kwargs)
+        return await _start_tls(original, self, transport, protocol, sslcontext, args, kwargs)
+
+    return start_tls
+
+
+async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
+    inner = proxy._transport
+    rec = proxy._rec
+    old = proxy._wrapper
+    if old is None or rec.closed_at is not None:
+        return await original(loop, inner, protocol, sslcontext, *args, **kwargs)
+    # Upgrade the real transport (uvloop accepts nothing else) with a fresh
+    # wrapper above TLS, so the record goes on counting what the app sees.
+    new = _protocols.wrap(protocol, rec, loop)
+    started = monotonic()
+    try:
+        app_transport = await original(loop, inner, new, sslcontext, *args, **kwargs)
+    except BaseException as exc:
+        try:
+            still_ours = inner.get_protocol() is old
+        except Exception:  # noqa: BLE001
+            still_ours = False
+        if not still_ours:
+            # start_tls closes the connection on failure, and our first wrapper
+            # is no longer installed to see it end.
+            rec.close(exc if isinstance(exc, Exception) else None, TLS_FAILED)
+        raise
+    rec.tls_handshake_s = monotonic() - started
+    old._detach()
+    upgraded = _proxy.make_proxy(app_transport, new, rec)
+    new._proxy = upgraded
+    observer = rec.group.observer
+    if observer is not None and hasattr(observer, "on_tls"):
+        try:
+            observer.on_tls(rec, upgraded)
+        except Exception as err:  # noqa: BLE001
+            report("observer.on_tls", err)
+    return upgraded
+
+
+def _make_sendfile(original: Any) -> Any:
+    @functools.wraps(original)
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+        if not isinstance(transport, _proxy.TracedTransport):
+            return await original(self, transport, file, offset, count, fallback=fallback)
+        return await _sendfile(original, self, transport, file, offset, count, fallback)
+
+    return sendfile
+
+
+async def _sendfile(original, loop, proxy, file, offset, count, fallback):
+    rec = proxy._rec
+    written_before = rec.tx
+    try:
+        position_before = file.tell()
+    except Exception:  # noqa: BLE001
+        position_before = None
+    try:
+        sent = await original(loop, proxy, file, offset, count, fallback=fallback)
+    except BaseException:
+        # Native sendfile moves the file position by what it sent, even when it
+        # fails part-way: count those bytes, the fallback's went through write().
+        try:
+            if position_before is not None:
+                moved = file.tell() - offset
+                if file.tell() != position_before and moved > 0:
+                    _count_native(rec, moved, written_before)
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+    finally:
+        _restore_transport_map(loop, proxy)
+    _count_native(rec, sent, written_before)
+    return sent
+
+
+def _count_native(rec, sent: int, written_before: int) -> None:
+    # Whatever the loop reports as sent but did not pass through write().
+    native = sent - (rec.tx - written_before)
+    if native > 0:
+        rec.tx += native
+
+
+def _restore_transport_map(loop, proxy) -> None:
+    # selector_events' native path re-registers the transport it was given in
+    # loop._transports; put the real one back.
+    transports = getattr(loop, "_transports", None)
+    if transports is None:
+        return
+    try:
+        inner = proxy._transport
+        fd = getattr(inner, "_sock_fd", None)
+        if fd is not None and transports.get(fd) is proxy:
+            transports[fd] = inner
+    except Exception as exc:  # noqa: BLE001
+        report("sendfile.restore", exc)

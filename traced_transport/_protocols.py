@@ -1,0 +1,151 @@
+"""Wrapping protocols: installed on the real transport, in front of the app's protocol.
+
+One class per read path. asyncio picks the buffered path with
+``isinstance(p, BufferedProtocol)``; uvloop with ``hasattr(p, "get_buffer") and
+not isinstance(p, asyncio.Protocol)``. So the plain wrapper must not have
+``get_buffer`` at all, and nothing here forwards unknown attributes.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from . import _hooks, _proxy
+from ._record import ConnectionRecord
+
+
+class _Wrapper:
+    """Shared behaviour; the concrete classes add the protocol base and the slots."""
+
+    __slots__ = ()
+    _app: Any
+    _rec: ConnectionRecord
+    _proxy: Any
+
+    def __init__(self, app: Any, rec: ConnectionRecord) -> None:
+        self._app = app
+        self._rec = rec
+        self._proxy = None
+
+    def connection_made(self, transport: Any) -> None:
+        proxy = _proxy.make_proxy(transport, self, self._rec)
+        self._proxy = proxy
+        _hooks.ensure_for_running_loop()
+        self._rec.open(proxy)
+        self._app.connection_made(proxy)
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._rec.close(exc)
+        self._detach()
+        self._app.connection_lost(exc)
+
+    def _detach(self) -> None:
+        # Break proxy -> wrapper (the wrapper keeps its proxy: create_connection
+        # may still need it to return) so that, once the transport lets go of
+        # us, the proxy, this wrapper and the app's protocol are freed by
+        # refcounting alone, as they would be unwrapped.
+        proxy = self._proxy
+        if proxy is not None and proxy._wrapper is self:
+            proxy._wrapper = None
+
+    def pause_writing(self) -> None:
+        self._rec.writing_paused()
+        self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._rec.writing_resumed()
+        self._app.resume_writing()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for {self._app!r}>"
+
+
+class PlainWrapper(_Wrapper, asyncio.Protocol):
+    __slots__ = ("_app", "_rec", "_proxy")
+
+    def data_received(self, data: bytes) -> None:
+        self._rec.rx += len(data)
+        self._app.data_received(data)
+
+    def eof_received(self) -> Optional[bool]:
+        self._rec.eof_received()
+        return self._app.eof_received()
+
+
+class BufferedWrapper(_Wrapper, asyncio.BufferedProtocol):
+    __slots__ = ("_app", "_rec", "_proxy")
+
+    def get_buffer(self, sizehint: int) -> Any:
+        # The app's own buffer, handed through: no copy.
+        return self._app.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._rec.rx += nbytes
+        self._app.buffer_updated(nbytes)
+
+    def eof_received(self) -> Optional[bool]:
+        self._rec.eof_received()
+        return self._app.eof_received()
+
+
+class DatagramWrapper(_Wrapper, asyncio.DatagramProtocol):
+    __slots__ = ("_app", "_rec", "_proxy")
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._rec.rx += len(data)
+        self._app.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._app.error_received(exc)
+
+
+class SubprocessWrapper(_Wrapper, asyncio.SubprocessProtocol):
+    __slots__ = ("_app", "_rec", "_proxy")
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._rec.rx += len(data)
+        self._app.pipe_data_received(fd, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Optional[BaseException]) -> None:
+        self._app.pipe_connection_lost(fd, exc)
+
+    def process_exited(self) -> None:
+        self._app.process_exited()
+
+
+def _on_uvloop(loop: Any) -> bool:
+    return loop is not None and type(loop).__module__.startswith("uvloop")
+
+
+def wrapper_class_for(app: Any, loop: Any = None) -> type:
+    """The wrapper that takes the same read path the loop would take for ``app``."""
+    if isinstance(app, asyncio.SubprocessProtocol):
+        return SubprocessWrapper
+    if isinstance(app, asyncio.DatagramProtocol):
+        return DatagramWrapper
+    if loop is None:
+        loop = asyncio.events._get_running_loop()
+    if _on_uvloop(loop):
+        buffered = hasattr(app, "get_buffer") and not isinstance(app, asyncio.Protocol)
+    else:
+        buffered = isinstance(app, asyncio.BufferedProtocol)
+    if buffered:
+        return BufferedWrapper
+    if not isinstance(app, asyncio.Protocol):
+        # Duck-typed protocols: follow what they implement.
+        if hasattr(app, "datagram_received"):
+            return DatagramWrapper
+        if hasattr(app, "pipe_data_received"):
+            return SubprocessWrapper
+    return PlainWrapper
+
+
+def wrap(app: Any, rec: ConnectionRecord, loop: Any = None) -> _Wrapper:
+    return wrapper_class_for(app, loop)(app, rec)
+
+
+def app_of(protocol: Any) -> Any:
+    """The app's protocol behind ``protocol`` if it is one of our wrappers."""
+    if isinstance(protocol, _Wrapper):
+        return protocol._app
+    return protocol

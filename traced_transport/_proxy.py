@@ -1,0 +1,260 @@
+"""Proxy transports: what the app holds instead of the real transport.
+
+A proxy class is made per real transport class, so that it is an instance of
+exactly the asyncio transport ABCs the real one is (``isinstance`` checks keep
+their answers), its name contains the real class's name, and it has exactly
+the methods the real class has (``hasattr`` keeps its answers too). Calls are
+forwarded unchanged; the few that carry bytes or flow-control changes also add
+to the connection's record, after the real call returned, so that a call that
+raises records nothing. Anything else, private attributes included (asyncio
+reaches for ``_start_tls_compatible``, ``_sendfile_compatible``, ``_sock``,
+``_force_close``, ``_wait``...), reaches the real transport through
+``__getattr__``/``__setattr__``.
+"""
+from __future__ import annotations
+
+import asyncio
+from asyncio import transports as _transports
+from typing import Any, Callable, Optional
+
+from . import _protocols
+from ._record import ConnectionRecord
+
+
+def _nbytes(data: Any) -> int:
+    # Never raises: a counting error must not turn a successful write into an
+    # exception the app would not have seen unwrapped.
+    try:
+        return memoryview(data).nbytes
+    except Exception:  # noqa: BLE001
+        try:
+            return len(data)
+        except Exception:  # noqa: BLE001
+            return 0
+
+
+_OWN_SLOTS = frozenset({"_transport", "_wrapper", "_rec", "_pipes"})
+
+
+class TracedTransport:
+    """Behaviour shared by every proxy class; see :func:`make_proxy`."""
+
+    __slots__ = ()
+    _transport: Any
+    _wrapper: Any
+    _rec: ConnectionRecord
+
+    # -- attribute forwarding --------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the proxy does not have (or unset inherited
+        # slots such as _FlowControlMixin's _loop / _protocol_paused).
+        if name in _OWN_SLOTS:
+            raise AttributeError(name)
+        return getattr(self._transport, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OWN_SLOTS:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._transport, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _OWN_SLOTS:
+            object.__delattr__(self, name)
+        else:
+            delattr(self._transport, name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._transport!r}>"
+
+    @property
+    def traced_record(self) -> ConnectionRecord:
+        """The connection's record (public, for apps that want their own counts)."""
+        return self._rec
+
+    @property
+    def traced_inner(self) -> Any:
+        """The real transport."""
+        return self._transport
+
+
+# -- forwarding methods, installed on a proxy class only where the real class has them --
+
+def write(self, data):
+    self._transport.write(data)
+    self._rec.tx += len(data) if type(data) is bytes else _nbytes(data)
+
+
+def writelines(self, list_of_data):
+    if type(list_of_data) is not list and type(list_of_data) is not tuple:
+        list_of_data = list(list_of_data)  # counted below, so consume an iterator once
+    n = 0
+    for data in list_of_data:
+        n += len(data) if type(data) is bytes else _nbytes(data)
+    self._transport.writelines(list_of_data)
+    self._rec.tx += n
+
+
+def sendto(self, data, addr=None):
+    self._transport.sendto(data, addr)
+    self._rec.tx += len(data) if type(data) is bytes else _nbytes(data)
+
+
+def pause_reading(self):
+    self._transport.pause_reading()
+    self._rec.reading_paused()
+
+
+def resume_reading(self):
+    self._transport.resume_reading()
+    self._rec.reading_resumed()
+
+
+def close(self):
+    rec = self._rec
+    if not rec.eof:
+        rec.local_close = True
+    self._transport.close()
+
+
+def abort(self):
+    self._rec.aborted = True
+    self._transport.abort()
+
+
+def set_protocol(self, protocol):
+    wrapper = self._wrapper
+    if wrapper is None:
+        # Connection over, or a pipe of a subprocess: nothing of ours in between.
+        self._transport.set_protocol(protocol)
+        return
+    cls = _protocols.wrapper_class_for(protocol)
+    if type(wrapper) is cls:
+        # Same read path: keep our wrapper installed and re-point it.
+        wrapper._app = protocol
+        return
+    # The read path changes (plain <-> buffered): install a wrapper of the other
+    # kind so the real transport picks the right path, as it would for `protocol`.
+    new = cls(protocol, self._rec)
+    new._proxy = self
+    wrapper._proxy = None
+    self._wrapper = new
+    self._transport.set_protocol(new)
+
+
+def get_protocol(self):
+    return _protocols.app_of(self._transport.get_protocol())
+
+
+def get_extra_info(self, name, default=None):
+    return self._transport.get_extra_info(name, default)
+
+
+def get_pipe_transport(self, fd):
+    pipe = self._transport.get_pipe_transport(fd)
+    if pipe is None:
+        return None
+    cache = self._pipes
+    proxy = cache.get(fd)
+    if proxy is None or proxy._transport is not pipe:
+        proxy = make_proxy(pipe, None, self._rec)
+        cache[fd] = proxy
+    return proxy
+
+
+def _forward(name: str) -> Callable:
+    def forward(self, *args, **kwargs):
+        return getattr(self._transport, name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
+
+
+_COUNTING = {
+    f.__name__: f
+    for f in (write, writelines, sendto, pause_reading, resume_reading, close, abort,
+              set_protocol, get_protocol, get_extra_info, get_pipe_transport)
+}
+
+# Plain forwarders for the rest of the public transport API. Listing them
+# (rather than leaving them to __getattr__) keeps them fast and visible.
+_PLAIN = (
+    "write_eof", "can_write_eof", "is_closing", "is_reading",
+    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+    "get_read_buffer_size",
+    "get_pid", "get_returncode", "send_signal", "terminate", "kill",
+)
+
+# The public asyncio transport ABCs, most derived first.
+_ABCS = (
+    _transports._FlowControlMixin,
+    asyncio.Transport,
+    asyncio.ReadTransport,
+    asyncio.WriteTransport,
+    asyncio.DatagramTransport,
+    asyncio.SubprocessTransport,
+    asyncio.BaseTransport,
+)
+
+_classes: dict[type, type] = {}
+
+
+def _bases_for(inner_cls: type) -> tuple:
+    chosen: list[type] = []
+    for abc in _ABCS:
+        if issubclass(inner_cls, abc) and not any(issubclass(c, abc) for c in chosen):
+            chosen.append(abc)
+    return tuple(chosen)
+
+
+def proxy_class_for(inner_cls: type) -> type:
+    cls = _classes.get(inner_cls)
+    if cls is not None:
+        return cls
+    bases = _bases_for(inner_cls)
+    slots = ["_transport", "_wrapper", "_rec", "__weakref__"]
+    ns: dict[str, Any] = {"__module__": __name__, "__doc__": f"Traced proxy over {inner_cls.__qualname__}."}
+    if hasattr(inner_cls, "get_pipe_transport"):
+        slots.append("_pipes")
+    for name, fn in _COUNTING.items():
+        if hasattr(inner_cls, name):
+            ns[name] = fn
+    for name in _PLAIN:
+        if hasattr(inner_cls, name):
+            ns[name] = _forward(name)
+    # Methods the ABC bases define (e.g. _FlowControlMixin's private helpers)
+    # would act on the proxy's own unset state: forward them too.
+    for base in bases:
+        for klass in base.__mro__:
+            if klass is object:
+                continue
+            for name, value in vars(klass).items():
+                if name.startswith("__") or name in ns or not callable(value):
+                    continue
+                ns[name] = _forward(name)
+    ns["__slots__"] = tuple(slots)
+    cls = type(f"Traced{inner_cls.__name__}", (TracedTransport, *bases), ns)
+    _classes[inner_cls] = cls
+    return cls
+
+
+def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
+    cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
+    proxy = object.__new__(cls)
+    object.__setattr__(proxy, "_transport", inner)
+    object.__setattr__(proxy, "_wrapper", wrapper)
+    object.__setattr__(proxy, "_rec", rec)
+    if "_pipes" in cls.__slots__:
+        object.__setattr__(proxy, "_pipes", {})
+    return proxy
+
+
+def is_proxy(obj: Any) -> bool:
+    return isinstance(obj, TracedTransport)
+
+
+def unwrap(transport: Any) -> Any:
+    """The real transport under any number of proxies."""
+    while isinstance(transport, TracedTransport):
+        transport = transport._transport
+    return transport
