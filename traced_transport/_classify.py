@@ -42,7 +42,8 @@ def tls_version_of(transport: Any) -> Optional[str]:
 def conn_key(group: Any, transport: Any) -> ConnKey:
     net_transport = net_type = port = tls = None
     if transport is not None:
-        sock = transport.get_extra_info("socket")
+        # Pipes first: uvloop gives pipe transports a pseudo-socket that says AF_UNIX.
+        sock = None if transport.get_extra_info("pipe") is not None else transport.get_extra_info("socket")
         family = getattr(sock, "family", None)
         if family is None:
             net_transport = "pipe"

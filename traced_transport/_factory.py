@@ -34,12 +34,16 @@ def traced(
     side: str = "server",
     registry: Optional[Registry] = None,
     observer: Optional[Observer] = None,
+    capture_extra: bool = False,
 ) -> TracedProtocolFactory:
     """Wrap ``protocol_factory`` so that its connections get proxy transports.
 
     ``name`` becomes the ``transport.name`` attribute (keep it a constant: it is a
     metric label); ``side`` is ``"server"`` or ``"client"``. Records go to
-    ``registry`` (the process-wide default if omitted).
+    ``registry`` (the process-wide default if omitted). ``capture_extra=True``
+    keeps a snapshot of ``get_extra_info`` (peer, TLS, certificate) in each
+    record's ``extra``; it is off by default because it costs memory and time
+    per connection.
     """
     if not callable(protocol_factory):
         raise TypeError(f"protocol_factory must be callable, got {protocol_factory!r}")
@@ -48,5 +52,5 @@ def traced(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     _hooks.ensure_known_loops()
-    group = Group(name, side, registry if registry is not None else default_registry, observer)
+    group = Group(name, side, registry if registry is not None else default_registry, observer, capture_extra)
     return TracedProtocolFactory(protocol_factory, group)

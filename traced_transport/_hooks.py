@@ -147,6 +147,10 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
     old._detach()
     upgraded = _proxy.make_proxy(app_transport, new, rec)
     new._proxy = upgraded
+    if rec.group.capture_extra:
+        from ._extra import snapshot_extra
+
+        rec.extra = snapshot_extra(upgraded)
     observer = rec.group.observer
     if observer is not None and hasattr(observer, "on_tls"):
         try:

@@ -45,13 +45,21 @@ class Observer(Protocol):
 class Group:
     """What one ``traced()`` call shares between its connections."""
 
-    __slots__ = ("name", "side", "registry", "observer")
+    __slots__ = ("name", "side", "registry", "observer", "capture_extra")
 
-    def __init__(self, name: str, side: str, registry: "Registry", observer: Optional[Observer] = None):
+    def __init__(
+        self,
+        name: str,
+        side: str,
+        registry: "Registry",
+        observer: Optional[Observer] = None,
+        capture_extra: bool = False,
+    ):
         self.name = name
         self.side = side
         self.registry = registry
         self.observer = observer
+        self.capture_extra = capture_extra
 
 
 class ConnectionRecord:
@@ -122,6 +130,10 @@ class ConnectionRecord:
         except Exception as exc:  # noqa: BLE001
             report("classify", exc)
             self.key = conn_key(self.group, None)
+        if self.group.capture_extra:
+            from ._extra import snapshot_extra
+
+            self.extra = snapshot_extra(transport)
         self.group.registry._opened(self)
         observer = self.group.observer
         if observer is not None:
