@@ -255,3 +255,82 @@ def test_traced_rejects_bad_arguments():
         tt.traced(Collect, name="")
     with pytest.raises(TypeError):
         tt.traced(42)  # type: ignore[arg-type]
+
+
+def test_subprocess_signals_forward(run, registry):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class Sub(asyncio.SubprocessProtocol):
+            def __init__(self):
+                self.lost = loop.create_future()
+
+            def connection_lost(self, exc):
+                self.lost.set_result(exc)
+
+        for action in ("terminate", "kill", "send_signal"):
+            tr, app = await loop.subprocess_exec(
+                tt.traced(Sub, name="sig", side="client", registry=registry),
+                sys.executable, "-c", "import time; time.sleep(60)")
+            if action == "send_signal":
+                import signal
+                tr.send_signal(signal.SIGTERM)
+            else:
+                getattr(tr, action)()
+            await app.lost
+            assert tr.get_returncode() == tt.unwrap(tr).get_returncode() < 0
+            tr.close()
+            assert tr.is_closing() == tt.unwrap(tr).is_closing()
+        assert registry.totals("sig").closed == 3
+
+    run(main)
+
+
+def test_eof_received_return_value_is_honoured(run, registry):
+    async def main():
+        loop = asyncio.get_running_loop()
+        apps = []
+
+        def factory():
+            apps.append(Collect(close_on_eof=False))  # keep the half-open connection
+            return apps[-1]
+
+        server = await loop.create_server(tt.traced(factory, name="s", registry=registry), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c_tr, c_app = await loop.create_connection(Collect, "127.0.0.1", port)
+        c_tr.write_eof()
+        await apps[0].eof
+        assert not apps[0].transport.is_closing()
+        apps[0].transport.write(b"after your eof")  # still allowed: we returned True
+        await c_app.wait_bytes(14)
+        apps[0].transport.close()
+        await apps[0].lost
+        c_tr.close()
+        await closed(server)
+        t = registry.totals("s")
+        assert t.tx == 14 and t.close_reasons == {"eof": 1}
+
+    run(main)
+
+
+def test_unix_stream_helpers(run, registry, tmp_path):
+    async def main():
+        path = str(tmp_path / "streams.sock")
+
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(5))
+            await writer.drain()
+            writer.close()
+
+        server = await tt.start_unix_server(handle, path, name="us", registry=registry)
+        reader, writer = await tt.open_unix_connection(path, name="uc", registry=registry)
+        assert tt.is_proxy(writer.transport)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        await closed(server)
+        assert registry.totals("us").rx == 5 == registry.totals("uc").rx
+
+    run(main)

@@ -1,0 +1,81 @@
+"""Telemetry failures never reach the app; odd transports are handled."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import traced_transport as tt
+from traced_transport import _safety
+from traced_transport._classify import conn_key
+from traced_transport._extra import snapshot_extra
+from _helpers import Collect, closed, tcp_pair
+
+
+class RaisingObserver:
+    def __init__(self):
+        self.calls = 0
+
+    def on_open(self, record, transport):
+        self.calls += 1
+        raise RuntimeError("observer broke")
+
+    on_close = on_tls = lambda self, *a: (_ for _ in ()).throw(RuntimeError("observer broke"))
+
+    def on_event(self, record, name, seconds):
+        raise ValueError("event broke")
+
+
+def test_raising_observer_does_not_reach_app(run, caplog):
+    _safety.reset_rate_limit()
+    registry = tt.Registry()
+    observer = RaisingObserver()
+
+    async def main():
+        for _ in range(3):
+            server, s_app, c_tr, c_app = await tcp_pair(
+                lambda: Collect(echo=True),
+                wrap_server=lambda f: tt.traced(f, name="s", registry=registry, observer=observer))
+            s_app.transport.pause_reading()
+            s_app.transport.resume_reading()
+            c_tr.write(b"ping")
+            await c_app.wait_bytes(4)
+            assert bytes(c_app.data) == b"ping"
+            c_tr.close()
+            assert await s_app.lost is None
+            await closed(server)
+
+    with caplog.at_level(logging.WARNING, logger="traced_transport"):
+        run(main)
+    assert observer.calls == 3
+    t = registry.totals("s")
+    assert (t.opened, t.closed, t.rx, t.tx, t.read_pauses) == (3, 3, 12, 12, 3)
+    # logged once per failure site, not once per call
+    sites = [r.getMessage() for r in caplog.records]
+    assert len(sites) == len(set(sites)) == 3, sites
+
+
+class OddTransport:
+    """A transport from another library: get_extra_info raises or returns junk."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def get_extra_info(self, name, default=None):
+        if self.mode == "raise":
+            raise OSError("no socket here")
+        if self.mode == "junk":
+            return {"socket": 42, "sockname": "weird", "ssl_object": object()}.get(name, 3.5)
+        return default
+
+
+def test_odd_get_extra_info():
+    _safety.reset_rate_limit()
+    group = tt.Group("odd", "server", tt.Registry())
+    for mode in ("raise", "junk", "none"):
+        extra = snapshot_extra(OddTransport(mode))
+        assert isinstance(extra, dict)
+        rec = tt.ConnectionRecord(group)
+        rec.open(OddTransport(mode))  # classification failures are caught and logged
+        assert rec.key.name == "odd"
+        rec.close(None)
+    assert conn_key(group, OddTransport("none")).network_transport == "pipe"
