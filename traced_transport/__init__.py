@@ -11,6 +11,7 @@ from ._proxy import TracedTransport, is_proxy, unwrap
 from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, Snapshot, Totals, default_registry
 from ._streams import open_connection, open_unix_connection, start_server, start_unix_server
+from ._telemetry import Telemetry, default_telemetry
 
 __all__ = [
     "ConnKey",
@@ -19,10 +20,12 @@ __all__ = [
     "Observer",
     "Registry",
     "Snapshot",
+    "Telemetry",
     "Totals",
     "TracedProtocolFactory",
     "TracedTransport",
     "default_registry",
+    "default_telemetry",
     "is_proxy",
     "open_connection",
     "open_unix_connection",

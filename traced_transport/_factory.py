@@ -39,8 +39,12 @@ def traced(
     """Wrap ``protocol_factory`` so that its connections get proxy transports.
 
     ``name`` becomes the ``transport.name`` attribute (keep it a constant: it is a
-    metric label); ``side`` is ``"server"`` or ``"client"``. Records go to
-    ``registry`` (the process-wide default if omitted). ``capture_extra=True``
+    metric label); ``side`` is ``"server"`` or ``"client"``.
+
+    With neither ``registry`` nor ``observer``, connections are recorded in the
+    default registry and exported through OpenTelemetry's global providers
+    (see :class:`Telemetry`). ``observer=Telemetry(...)`` chooses providers and
+    options; ``registry=`` alone records without any OpenTelemetry call. ``capture_extra=True``
     keeps a snapshot of ``get_extra_info`` (peer, TLS, certificate) in each
     record's ``extra``; it is off by default because it costs memory and time
     per connection.
@@ -52,5 +56,12 @@ def traced(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     _hooks.ensure_known_loops()
-    group = Group(name, side, registry if registry is not None else default_registry, observer, capture_extra)
+    if observer is None and registry is None:
+        # The default: OpenTelemetry through the global providers.
+        from ._telemetry import default_telemetry
+
+        observer = default_telemetry()
+    if registry is None:
+        registry = getattr(observer, "registry", None) or default_registry
+    group = Group(name, side, registry, observer, capture_extra)
     return TracedProtocolFactory(protocol_factory, group)

@@ -86,6 +86,7 @@ class ConnectionRecord:
         "tls_handshake_s",
         "extra",
         "state",  # the observer's own per-connection object (e.g. a span)
+        "transport",  # the real transport while open (write-buffer gauge); None after close
         "__weakref__",
     )
 
@@ -110,6 +111,7 @@ class ConnectionRecord:
         self.tls_handshake_s: Optional[float] = None
         self.extra: Optional[dict] = None
         self.state: Any = None
+        self.transport: Any = None
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -125,6 +127,7 @@ class ConnectionRecord:
         from ._classify import conn_key  # local: keeps import order simple
 
         self.opened_at = monotonic()
+        self.transport = getattr(transport, "_transport", transport)
         try:
             self.key = conn_key(self.group, transport)
         except Exception as exc:  # noqa: BLE001
@@ -146,13 +149,10 @@ class ConnectionRecord:
         """End the record once; later calls do nothing."""
         if self.closed_at is not None or self.opened_at == 0.0:
             return
+        # A pause still open ends with the connection; report it like a resume.
+        self.reading_resumed()
+        self.writing_resumed()
         now = monotonic()
-        if self.read_paused_since is not None:
-            self.read_paused_s += now - self.read_paused_since
-            self.read_paused_since = None
-        if self.write_paused_since is not None:
-            self.write_paused_s += now - self.write_paused_since
-            self.write_paused_since = None
         if reason is not None:
             self.close_reason = reason
             self.error_type = reason if exc is None else type(exc).__name__
@@ -169,6 +169,7 @@ class ConnectionRecord:
         else:
             self.close_reason = CLOSED
         self.closed_at = now
+        self.transport = None
         self.group.registry._closed_record(self)
         observer = self.group.observer
         if observer is not None:

@@ -16,7 +16,7 @@ from asyncio import base_events, events
 
 import traced_transport
 from traced_transport import _hooks
-from traced_transport._factory import TracedProtocolFactory
+from traced_transport import TracedProtocolFactory
 
 NAME = "conformance"
 

@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make demo   - set up and run the main job
+#   make test   - set up and run every test (what .ci/run calls)
+# Both install what they need on a fresh machine (venv, Python packages).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-core test-conformance bench setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/echo_server.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
+	$(MAKE) --no-print-directory test-conformance
+
+test-conformance: $(STAMP)
+	bash tests/conformance/setup_venvs.sh
+	$(PY) tests/conformance/run.py --all-pythons
+
+bench: $(STAMP)
+	$(PY) bench/echo.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .venv-3.* build *.egg-info

@@ -1,0 +1,273 @@
+"""OpenTelemetry metrics and one span per connection, through opentelemetry-api only.
+
+The data path never calls into OpenTelemetry. Counts are exported by
+observable instruments whose callbacks read the registry (closed totals plus
+live records), so a scrape costs the same however much traffic there was.
+Histograms are recorded at transitions (a connection's end, a pause's end, a
+TLS handshake), never per byte.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable, Optional
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ._attributes import metric_attributes, span_attributes, tls_attributes
+from ._classify import ConnKey
+from ._extra import snapshot_extra
+from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord
+from ._registry import Registry, Totals, default_registry
+from ._safety import report
+
+SCOPE = "traced_transport"
+_VERSION = "0.1.0"
+
+# Semantic-convention advice (as for kestrel.connection.duration and
+# kestrel.tls_handshake.duration): seconds, not the SDK's millisecond defaults.
+DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60)
+
+access_logger = logging.getLogger("traced_transport.access")
+
+
+class _SpanState:
+    __slots__ = ("span", "events", "dropped")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.events = 0
+        self.dropped = 0
+
+
+def _ns(monotonic_s: float) -> int:
+    return int((monotonic_s + WALL_OFFSET) * 1e9)
+
+
+class Telemetry:
+    """Turns records into OpenTelemetry metrics and spans. Pass it to ``traced(observer=...)``.
+
+    Without arguments it uses the global meter and tracer providers, so the
+    app's own SDK setup (or none) decides where things go.
+    """
+
+    def __init__(
+        self,
+        registry: Optional[Registry] = None,
+        *,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
+        certificate_subjects: bool = True,
+        max_span_events: int = 32,
+        access_log: bool = False,
+        spans: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else default_registry
+        self.certificate_subjects = certificate_subjects
+        self.max_span_events = max_span_events
+        self.access_log = access_log
+        self.spans = spans
+        self._attrs: dict[tuple, dict] = {}
+        self._cache_lock = threading.Lock()
+        self._cached: Optional[tuple[float, dict]] = None
+        self.tracer = trace.get_tracer(SCOPE, _VERSION, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, _VERSION, meter_provider=meter_provider)
+        self.meter = meter
+        m = meter
+        m.create_observable_counter(
+            "transport.connection.opened", [self._observe("opened")], "{connection}", "Connections made")
+        m.create_observable_up_down_counter(
+            "transport.connection.active", [self._observe("active")], "{connection}", "Connections open now")
+        m.create_observable_counter(
+            "transport.received", [self._observe("rx")], "By",
+            "Bytes received, as the application's protocol sees them (plaintext over TLS)")
+        m.create_observable_counter(
+            "transport.sent", [self._observe("tx")], "By",
+            "Bytes sent, as the application's protocol wrote them (sendfile included)")
+        m.create_observable_up_down_counter(
+            "transport.reading.paused", [self._observe("read_paused_now")], "{connection}",
+            "Connections whose reading is paused now")
+        m.create_observable_up_down_counter(
+            "transport.writing.paused", [self._observe("write_paused_now")], "{connection}",
+            "Connections whose writing is paused now (write backpressure)")
+        m.create_observable_gauge(
+            "transport.write_buffer.size", [self._observe_write_buffer], "By",
+            "Bytes buffered for sending, summed over open connections")
+        self._duration = m.create_histogram(
+            "transport.connection.duration", "s", "Connection duration, recorded at close",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self._read_pause = m.create_histogram(
+            "transport.reading.pause.duration", "s", "Length of each completed reading pause",
+            explicit_bucket_boundaries_advisory=PAUSE_BUCKETS)
+        self._write_pause = m.create_histogram(
+            "transport.writing.pause.duration", "s", "Length of each completed writing pause",
+            explicit_bucket_boundaries_advisory=PAUSE_BUCKETS)
+        self._handshake = m.create_histogram(
+            "transport.tls.handshake.duration", "s", "TLS handshake duration, where the library sees it",
+            explicit_bucket_boundaries_advisory=HANDSHAKE_BUCKETS)
+
+    # -- attributes ----------------------------------------------------------
+    def attributes(self, key: ConnKey, error_type: Optional[str] = None) -> dict:
+        cache_key = (key, error_type)
+        attrs = self._attrs.get(cache_key)
+        if attrs is None:
+            attrs = self._attrs[cache_key] = metric_attributes(key, error_type)
+        return attrs
+
+    # -- observable callbacks (scrape thread) -----------------------------------
+    def _totals(self) -> dict:
+        # One registry pass per collection: the callbacks of one collection run
+        # back to back, so a result younger than 50 ms is reused.
+        from ._record import monotonic
+
+        with self._cache_lock:
+            cached = self._cached
+            now = monotonic()
+            if cached is not None and now - cached[0] < 0.05:
+                return cached[1]
+            totals = self.registry.snapshot().totals()
+            self._cached = (now, totals)
+            return totals
+
+    def _observe(self, field: str):
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(getattr(t, field), self.attributes(k)) for k, t in self._totals().items()]
+            except Exception as exc:  # noqa: BLE001
+                report(f"metrics callback {field}", exc)
+                return []
+
+        return callback
+
+    def _observe_write_buffer(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            sums: dict[ConnKey, int] = {k: 0 for k in self._totals()}
+            for rec in self.registry.live():
+                transport = rec.transport
+                if transport is None:
+                    continue
+                try:
+                    size = transport.get_write_buffer_size()
+                except Exception:  # noqa: BLE001 - closing under us, or no such method
+                    continue
+                if isinstance(size, int):
+                    sums[rec.key] = sums.get(rec.key, 0) + size
+            return [Observation(v, self.attributes(k)) for k, v in sums.items()]
+        except Exception as exc:  # noqa: BLE001
+            report("metrics callback write_buffer", exc)
+            return []
+
+    # -- Observer (event loop) ---------------------------------------------
+    def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
+        if self.spans:
+            key = rec.key
+            span = self.tracer.start_span(
+                f"{key.name} connection",
+                kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
+                attributes=self.attributes(key),  # cheap ones, for the sampler
+                start_time=_ns(rec.opened_at),
+            )
+            if span.is_recording():
+                # Only now is the peer, TLS and certificate looked up: an
+                # unsampled connection costs nothing more.
+                extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
+                span.set_attributes(span_attributes(key, extra, certificate_subjects=self.certificate_subjects))
+                rec.state = _SpanState(span)
+        if self.access_log and rec.extra is None:
+            rec.extra = snapshot_extra(transport)
+
+    def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
+        if seconds is not None:
+            hist = self._read_pause if name.startswith("reading") else self._write_pause
+            hist.record(seconds, self.attributes(rec.key))
+        state = rec.state
+        if isinstance(state, _SpanState):
+            if state.events < self.max_span_events:
+                state.events += 1
+                attrs = {"transport.pause.duration": seconds} if seconds is not None else None
+                state.span.add_event(f"transport.{name}", attrs)
+            else:
+                state.dropped += 1
+
+    def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
+        if rec.tls_handshake_s is not None:
+            self._handshake.record(rec.tls_handshake_s, self.attributes(rec.key))
+        state = rec.state
+        if isinstance(state, _SpanState):
+            extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
+            state.span.set_attributes(tls_attributes(extra, certificate_subjects=self.certificate_subjects))
+
+    def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
+        key = rec.key
+        duration = rec.closed_at - rec.opened_at
+        self._duration.record(duration, self.attributes(key, rec.error_type))
+        if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
+            self._handshake.record(rec.tls_handshake_s, self.attributes(key, TLS_FAILED))
+        state = rec.state
+        if isinstance(state, _SpanState):
+            rec.state = None
+            span = state.span
+            end_attrs: dict[str, Any] = {
+                "transport.received": rec.rx,
+                "transport.sent": rec.tx,
+                "transport.reading.pauses": rec.read_pauses,
+                "transport.writing.pauses": rec.write_pauses,
+                "transport.close_reason": rec.close_reason,
+            }
+            if rec.error_type:
+                end_attrs["error.type"] = rec.error_type
+            if state.dropped:
+                end_attrs["transport.events.dropped"] = state.dropped
+            span.set_attributes(end_attrs)
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            elif rec.close_reason == TLS_FAILED:
+                span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
+            span.end(end_time=_ns(rec.closed_at))
+        if self.access_log:
+            self._log_access(rec, duration)
+
+    def _log_access(self, rec: ConnectionRecord, duration: float) -> None:
+        extra = rec.extra or {}
+        cipher = extra.get("cipher")
+        fields = {
+            "start": _ns(rec.opened_at) / 1e9,
+            "duration_s": round(duration, 6),
+            "name": rec.key.name,
+            "side": rec.key.side,
+            "peer": extra.get("peername"),
+            "local": extra.get("sockname"),
+            "bytes_received": rec.rx,
+            "bytes_sent": rec.tx,
+            "tls_version": extra.get("tls_version"),
+            "tls_cipher": cipher[0] if isinstance(cipher, tuple) and cipher else None,
+            "close_reason": rec.close_reason,
+            "error_type": rec.error_type,
+            "read_pauses": rec.read_pauses,
+            "write_pauses": rec.write_pauses,
+        }
+        access_logger.info(
+            "%s %s peer=%s local=%s duration=%.6fs rx=%d tx=%d tls=%s/%s end=%s",
+            fields["name"], fields["side"], fields["peer"], fields["local"], duration,
+            rec.rx, rec.tx, fields["tls_version"], fields["tls_cipher"], rec.close_reason,
+            extra={"transport": fields},
+        )
+
+
+_default: Optional[Telemetry] = None
+_default_lock = threading.Lock()
+
+
+def default_telemetry() -> Telemetry:
+    """The process-wide Telemetry over the default registry and the global providers."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Telemetry()
+    return _default
