@@ -13,6 +13,8 @@ from ._registry import Registry, Snapshot, Totals, default_registry
 from ._streams import open_connection, open_unix_connection, start_server, start_unix_server
 from ._telemetry import Telemetry, default_telemetry
 
+connection_span_context = Telemetry.span_context_of
+
 __all__ = [
     "ConnKey",
     "ConnectionRecord",
@@ -25,6 +27,7 @@ __all__ = [
     "TracedProtocolFactory",
     "TracedTransport",
     "default_registry",
+    "connection_span_context",
     "default_telemetry",
     "is_proxy",
     "open_connection",

@@ -32,6 +32,11 @@ class _Wrapper:
         self._proxy = proxy
         _hooks.ensure_for_running_loop()
         self._rec.open(proxy)
+        self._made(proxy)
+
+    def _made(self, proxy: Any) -> None:
+        # Separate so the span-context variant can run it inside the span
+        # that rec.open() just started.
         self._app.connection_made(proxy)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
@@ -140,8 +145,25 @@ def wrapper_class_for(app: Any, loop: Any = None) -> type:
     return PlainWrapper
 
 
+_base_of: dict[type, type] = {}
+
+
+def register_variant(variant: type, base: type) -> None:
+    _base_of[variant] = base
+
+
+def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
+    """The wrapper class for ``app`` in ``rec``'s group (its span-context variant if opted in)."""
+    cls = wrapper_class_for(app, loop)
+    if rec.group.parent_context:
+        from ._context import context_variant
+
+        cls = context_variant(cls)
+    return cls
+
+
 def wrap(app: Any, rec: ConnectionRecord, loop: Any = None) -> _Wrapper:
-    return wrapper_class_for(app, loop)(app, rec)
+    return wrapper_class(app, rec, loop)(app, rec)
 
 
 def app_of(protocol: Any) -> Any:

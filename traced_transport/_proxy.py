@@ -128,7 +128,7 @@ def set_protocol(self, protocol):
         # Connection over, or a pipe of a subprocess: nothing of ours in between.
         self._transport.set_protocol(protocol)
         return
-    cls = _protocols.wrapper_class_for(protocol)
+    cls = _protocols.wrapper_class(protocol, self._rec)
     if type(wrapper) is cls:
         # Same read path: keep our wrapper installed and re-point it.
         wrapper._app = protocol

@@ -45,7 +45,7 @@ class Observer(Protocol):
 class Group:
     """What one ``traced()`` call shares between its connections."""
 
-    __slots__ = ("name", "side", "registry", "observer", "capture_extra")
+    __slots__ = ("name", "side", "registry", "observer", "capture_extra", "parent_context")
 
     def __init__(
         self,
@@ -60,6 +60,8 @@ class Group:
         self.registry = registry
         self.observer = observer
         self.capture_extra = capture_extra
+        # The observer asks for app callbacks to run in its per-connection context.
+        self.parent_context = bool(getattr(observer, "parent_context", False))
 
 
 class ConnectionRecord:

@@ -36,12 +36,14 @@ access_logger = logging.getLogger("traced_transport.access")
 
 
 class _SpanState:
-    __slots__ = ("span", "events", "dropped")
+    __slots__ = ("span", "events", "dropped", "context")
 
-    def __init__(self, span: Any) -> None:
+    def __init__(self, span: Any, parent_context: bool) -> None:
         self.span = span
         self.events = 0
         self.dropped = 0
+        # Read by the span-context wrappers (traced_transport._context).
+        self.context = trace.set_span_in_context(span) if parent_context else None
 
 
 def _ns(monotonic_s: float) -> int:
@@ -65,12 +67,14 @@ class Telemetry:
         max_span_events: int = 32,
         access_log: bool = False,
         spans: bool = True,
+        parent_context: bool = False,
     ) -> None:
         self.registry = registry if registry is not None else default_registry
         self.certificate_subjects = certificate_subjects
         self.max_span_events = max_span_events
         self.access_log = access_log
         self.spans = spans
+        self.parent_context = parent_context
         self._attrs: dict[tuple, dict] = {}
         self._cache_lock = threading.Lock()
         self._cached: Optional[tuple[float, dict]] = None
@@ -176,7 +180,7 @@ class Telemetry:
                 # unsampled connection costs nothing more.
                 extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
                 span.set_attributes(span_attributes(key, extra, certificate_subjects=self.certificate_subjects))
-                rec.state = _SpanState(span)
+                rec.state = _SpanState(span, self.parent_context)
         if self.access_log and rec.extra is None:
             rec.extra = snapshot_extra(transport)
 
@@ -231,6 +235,15 @@ class Telemetry:
             span.end(end_time=_ns(rec.closed_at))
         if self.access_log:
             self._log_access(rec, duration)
+
+    @staticmethod
+    def span_context_of(transport: Any) -> Any:
+        """The connection span's SpanContext (for a Link from the app's own spans), or None."""
+        rec = getattr(transport, "traced_record", None)
+        state = getattr(rec, "state", None)
+        if isinstance(state, _SpanState):
+            return state.span.get_span_context()
+        return None
 
     def _log_access(self, rec: ConnectionRecord, duration: float) -> None:
         extra = rec.extra or {}
