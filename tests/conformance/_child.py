@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 import unittest
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,10 +58,11 @@ class Collector(unittest.TestResult):
 
     _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 
-    def __init__(self, out, conns) -> None:
+    def __init__(self, out, conns, closed) -> None:
         super().__init__()
         self._out = out
         self._conns = conns
+        self._closed = closed
         self._current = None
 
     def _emit(self, **rec) -> None:
@@ -79,7 +81,7 @@ class Collector(unittest.TestResult):
     def startTest(self, test) -> None:
         super().startTest(test)
         self._current = {"test": test.id(), "outcome": "passed", "detail": None,
-                         "t0": time.monotonic(), "c0": self._conns()}
+                         "t0": time.monotonic(), "c0": self._conns(), "k0": self._closed()}
         self._emit(event="start", test=test.id())
 
     def stopTest(self, test) -> None:
@@ -88,7 +90,8 @@ class Collector(unittest.TestResult):
         if cur is None:
             return
         self._emit(event="result", test=cur["test"], outcome=cur["outcome"], detail=cur["detail"],
-                   time=round(time.monotonic() - cur["t0"], 3), conns=self._conns() - cur["c0"])
+                   time=round(time.monotonic() - cur["t0"], 3), conns=self._conns() - cur["c0"],
+                   closed=self._closed() - cur["k0"])
 
     def _fixture_error(self, test, err, outcome: str) -> None:
         # setUpClass / setUpModule / tearDown* failures arrive without startTest.
@@ -156,17 +159,19 @@ def main() -> int:
         probe()
         return 0
 
+    if not sys.warnoptions:
+        warnings.simplefilter("default")  # as unittest.main() does
     if args.hang_dump > 0:
         faulthandler.dump_traceback_later(args.hang_dump, exit=False)
 
-    conns = lambda: 0  # noqa: E731
+    conns = closed = lambda: 0  # noqa: E731
     wrap_all = None
     if args.mode == "wrapped":
         sys.path.insert(0, HERE)
         import _wrap_all as wrap_all
 
         wrap_all.install()
-        conns = wrap_all.connections_opened
+        conns, closed = wrap_all.connections_opened, wrap_all.connections_closed
 
     name = f"test.test_asyncio.{args.module}"
     if importlib.util.find_spec(name) is None:
@@ -179,7 +184,7 @@ def main() -> int:
 
     t0 = time.monotonic()
     with open(args.out, "a") as out:
-        result = Collector(out, conns)
+        result = Collector(out, conns, closed)
         unittest.TestSuite(tests).run(result)
         done = {"event": "done", "ran": result.testsRun, "time": round(time.monotonic() - t0, 3)}
         if wrap_all is not None:
