@@ -19,11 +19,20 @@ class ConnKey(NamedTuple):
 
 
 # Interning keeps one tuple per attribute set, however many connections share it.
-_interned: dict[ConnKey, ConnKey] = {}
+# Looked up with a plain tuple (equal to the ConnKey), so a connection with an
+# already-seen attribute set allocates nothing here.
+_interned: dict[tuple, ConnKey] = {}
+
+_AF_UNIX = socket.AF_UNIX
+_AF_INET6 = socket.AF_INET6
+_SOCK_DGRAM = socket.SOCK_DGRAM
 
 
-def _intern(key: ConnKey) -> ConnKey:
-    return _interned.setdefault(key, key)
+def _intern(raw: tuple) -> ConnKey:
+    key = _interned.get(raw)
+    if key is None:
+        key = _interned[raw] = ConnKey(*raw)
+    return key
 
 
 def tls_version_of(transport: Any) -> Optional[str]:
@@ -40,22 +49,24 @@ def tls_version_of(transport: Any) -> Optional[str]:
 
 
 def conn_key(group: Any, transport: Any) -> ConnKey:
-    net_transport = net_type = port = tls = None
-    if transport is not None:
-        # Pipes first: uvloop gives pipe transports a pseudo-socket that says AF_UNIX.
-        sock = None if transport.get_extra_info("pipe") is not None else transport.get_extra_info("socket")
-        family = getattr(sock, "family", None)
-        if family is None:
-            net_transport = "pipe"
-        else:
-            if family == socket.AF_UNIX:
-                net_transport = "unix"
-            else:
-                net_transport = "udp" if getattr(sock, "type", None) == socket.SOCK_DGRAM else "tcp"
-                net_type = "ipv6" if family == socket.AF_INET6 else "ipv4"
-                if group.side == "server":
-                    sockname = transport.get_extra_info("sockname")
-                    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
-                        port = sockname[1]
-            tls = tls_version_of(transport)
-    return _intern(ConnKey(group.name, group.side, net_transport, net_type, port, tls))
+    """Runs once per connection: kept to a few get_extra_info calls."""
+    if transport is None:
+        return _intern((group.name, group.side, None, None, None, None))
+    get = transport.get_extra_info
+    sock = get("socket")
+    family = getattr(sock, "family", None)
+    net_type = port = None
+    if family is None:
+        net_transport = "pipe"
+    elif family == _AF_UNIX:
+        # uvloop gives pipe transports a pseudo-socket that says AF_UNIX.
+        net_transport = "pipe" if get("pipe") is not None else "unix"
+    else:
+        net_transport = "udp" if getattr(sock, "type", None) == _SOCK_DGRAM else "tcp"
+        net_type = "ipv6" if family == _AF_INET6 else "ipv4"
+        if group.side == "server":
+            sockname = get("sockname")
+            if type(sockname) is tuple and len(sockname) >= 2 and type(sockname[1]) is int:
+                port = sockname[1]
+    tls = tls_version_of(transport) if net_transport != "pipe" else None
+    return _intern((group.name, group.side, net_transport, net_type, port, tls))

@@ -1,6 +1,7 @@
 """``traced()``: wrap a protocol factory so every connection it serves is recorded."""
 from __future__ import annotations
 
+from asyncio.events import _get_running_loop
 from typing import Any, Callable, Optional
 
 from . import _hooks, _protocols
@@ -21,7 +22,19 @@ class TracedProtocolFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
-        return _protocols.wrap(app, ConnectionRecord(self.group))
+        loop = _get_running_loop()
+        loop_cls = type(loop)
+        if loop_cls not in _hooks._seen and loop is not None:
+            _hooks.ensure(loop_cls)
+        group = self.group
+        cls = _protocols._class_cache.get((type(app), loop_cls))
+        if cls is None or group.parent_context:
+            cls = _protocols.wrapper_class_for(app, loop)
+            if group.parent_context:
+                from ._context import context_variant
+
+                cls = context_variant(cls)
+        return cls(app, ConnectionRecord(group))
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"

@@ -139,6 +139,7 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
         except Exception:  # noqa: BLE001
             still_ours = False
         if not still_ours:
+            rec.tls_handshake_s = monotonic() - started
             # start_tls closes the connection on failure, and our first wrapper
             # is no longer installed to see it end.
             rec.close(exc if isinstance(exc, Exception) else None, TLS_FAILED)

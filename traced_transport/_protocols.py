@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from . import _hooks, _proxy
+from . import _proxy
 from ._record import ConnectionRecord
 
 
@@ -30,8 +30,7 @@ class _Wrapper:
     def connection_made(self, transport: Any) -> None:
         proxy = _proxy.make_proxy(transport, self, self._rec)
         self._proxy = proxy
-        _hooks.ensure_for_running_loop()
-        self._rec.open(proxy)
+        self._rec.open(transport)
         self._made(proxy)
 
     def _made(self, proxy: Any) -> None:
@@ -41,7 +40,10 @@ class _Wrapper:
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._rec.close(exc)
-        self._detach()
+        # Break proxy -> wrapper (see _detach), inline: this runs per connection.
+        proxy = self._proxy
+        if proxy is not None and proxy._wrapper is self:
+            proxy._wrapper = None
         self._app.connection_lost(exc)
 
     def _detach(self) -> None:
@@ -122,15 +124,28 @@ def _on_uvloop(loop: Any) -> bool:
     return loop is not None and type(loop).__module__.startswith("uvloop")
 
 
+_class_cache: dict[tuple, type] = {}
+
+
 def wrapper_class_for(app: Any, loop: Any = None) -> type:
     """The wrapper that takes the same read path the loop would take for ``app``."""
+    if loop is None:
+        loop = asyncio.events._get_running_loop()
+    # The answer depends on the app's class and the kind of loop only; cache it
+    # (one dict lookup per connection instead of several isinstance checks).
+    cache_key = (type(app), type(loop))
+    cls = _class_cache.get(cache_key)
+    if cls is None:
+        cls = _class_cache[cache_key] = _choose(app, _on_uvloop(loop))
+    return cls
+
+
+def _choose(app: Any, uvloop: bool) -> type:
     if isinstance(app, asyncio.SubprocessProtocol):
         return SubprocessWrapper
     if isinstance(app, asyncio.DatagramProtocol):
         return DatagramWrapper
-    if loop is None:
-        loop = asyncio.events._get_running_loop()
-    if _on_uvloop(loop):
+    if uvloop:
         buffered = hasattr(app, "get_buffer") and not isinstance(app, asyncio.Protocol)
     else:
         buffered = isinstance(app, asyncio.BufferedProtocol)

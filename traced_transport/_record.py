@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from ._classify import conn_key
 from ._safety import report
 
 if TYPE_CHECKING:
@@ -126,10 +127,9 @@ class ConnectionRecord:
         return end - self.opened_at
 
     def open(self, transport: Any) -> None:
-        from ._classify import conn_key  # local: keeps import order simple
-
+        """``transport`` is the real transport; observers get it too."""
         self.opened_at = monotonic()
-        self.transport = getattr(transport, "_transport", transport)
+        self.transport = transport
         try:
             self.key = conn_key(self.group, transport)
         except Exception as exc:  # noqa: BLE001
@@ -152,8 +152,10 @@ class ConnectionRecord:
         if self.closed_at is not None or self.opened_at == 0.0:
             return
         # A pause still open ends with the connection; report it like a resume.
-        self.reading_resumed()
-        self.writing_resumed()
+        if self.read_paused_since is not None:
+            self.reading_resumed()
+        if self.write_paused_since is not None:
+            self.writing_resumed()
         now = monotonic()
         if reason is not None:
             self.close_reason = reason

@@ -8,6 +8,7 @@ TLS handshake), never per byte.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from typing import Any, Iterable, Optional
@@ -76,6 +77,12 @@ class Telemetry:
         self.spans = spans
         self.parent_context = parent_context
         self._attrs: dict[tuple, dict] = {}
+        self._span_names: dict[str, str] = {}
+        # Histogram values recorded on the loop wait here and reach the SDK at the
+        # next collection (or when this many pile up), so the event loop pays a
+        # deque append per connection or pause, not an SDK call.
+        self._pending: collections.deque = collections.deque()
+        self.max_pending = 8192
         self._cache_lock = threading.Lock()
         self._cached: Optional[tuple[float, dict]] = None
         self.tracer = trace.get_tracer(SCOPE, _VERSION, tracer_provider=tracer_provider)
@@ -115,6 +122,10 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=HANDSHAKE_BUCKETS)
 
     # -- attributes ----------------------------------------------------------
+    def _span_name(self, name: str) -> str:
+        span_name = self._span_names[name] = f"{name} connection"
+        return span_name
+
     def attributes(self, key: ConnKey, error_type: Optional[str] = None) -> dict:
         cache_key = (key, error_type)
         attrs = self._attrs.get(cache_key)
@@ -137,8 +148,28 @@ class Telemetry:
             self._cached = (now, totals)
             return totals
 
+    def _defer(self, histogram: Any, value: float, attributes: dict) -> None:
+        pending = self._pending
+        pending.append((histogram, value, attributes))
+        if len(pending) > self.max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand pending histogram values to the SDK (thread-safe; collections call it)."""
+        pending = self._pending
+        while True:
+            try:
+                histogram, value, attributes = pending.popleft()
+            except IndexError:
+                return
+            try:
+                histogram.record(value, attributes)
+            except Exception as exc:  # noqa: BLE001
+                report("histogram.record", exc)
+
     def _observe(self, field: str):
         def callback(options: CallbackOptions) -> Iterable[Observation]:
+            self.flush()
             try:
                 return [Observation(getattr(t, field), self.attributes(k)) for k, t in self._totals().items()]
             except Exception as exc:  # noqa: BLE001
@@ -169,10 +200,12 @@ class Telemetry:
     def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
         if self.spans:
             key = rec.key
+            # No attributes at start: the SDK validates every attribute it is
+            # given, and the sampler has the span name (which carries
+            # transport.name) and kind to decide on.
             span = self.tracer.start_span(
-                f"{key.name} connection",
+                self._span_names.get(key.name) or self._span_name(key.name),
                 kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
-                attributes=self.attributes(key),  # cheap ones, for the sampler
                 start_time=_ns(rec.opened_at),
             )
             if span.is_recording():
@@ -187,7 +220,7 @@ class Telemetry:
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
         if seconds is not None:
             hist = self._read_pause if name.startswith("reading") else self._write_pause
-            hist.record(seconds, self.attributes(rec.key))
+            self._defer(hist, seconds, self.attributes(rec.key))
         state = rec.state
         if isinstance(state, _SpanState):
             if state.events < self.max_span_events:
@@ -199,7 +232,7 @@ class Telemetry:
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
-            self._handshake.record(rec.tls_handshake_s, self.attributes(rec.key))
+            self._defer(self._handshake, rec.tls_handshake_s, self.attributes(rec.key))
         state = rec.state
         if isinstance(state, _SpanState):
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
@@ -208,9 +241,9 @@ class Telemetry:
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         key = rec.key
         duration = rec.closed_at - rec.opened_at
-        self._duration.record(duration, self.attributes(key, rec.error_type))
+        self._defer(self._duration, duration, self.attributes(key, rec.error_type))
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._handshake.record(rec.tls_handshake_s, self.attributes(key, TLS_FAILED))
+            self._defer(self._handshake, rec.tls_handshake_s, self.attributes(key, TLS_FAILED))
         state = rec.state
         if isinstance(state, _SpanState):
             rec.state = None

@@ -36,7 +36,10 @@ SERVER_SIDE = frozenset({"create_server", "create_unix_server", "connect_accepte
 
 _MARK = "__conformance_original__"
 
-registry = traced_transport.Registry()
+# traced() is called as an app would, with no registry or observer: records go
+# to the default registry and the default (OpenTelemetry, global providers)
+# observer runs too. Counts below are read back from the default registry.
+registry = traced_transport.default_registry
 stats = {"hook_calls": 0, "wrapped_factories": 0}
 patched: list[tuple[str, str]] = []
 
@@ -55,7 +58,7 @@ def _wrap(factory, side: str):
     if not callable(factory) or isinstance(factory, TracedProtocolFactory):
         return factory
     stats["wrapped_factories"] += 1
-    return traced_transport.traced(factory, name=NAME, side=side, registry=registry)
+    return traced_transport.traced(factory, name=NAME, side=side)
 
 
 def _hook(name: str, original):
@@ -96,8 +99,8 @@ def install() -> None:
 
 def connections_opened() -> int:
     """Connections whose app protocol got a proxy in connection_made."""
-    return registry.totals().opened
+    return registry.totals(NAME).opened
 
 
 def connections_closed() -> int:
-    return registry.totals().closed
+    return registry.totals(NAME).closed

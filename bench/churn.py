@@ -1,0 +1,161 @@
+"""Connection churn: a new connection per request, connections per second, unwrapped vs traced.
+
+    python bench/churn.py [--quick] [--loop uvloop|asyncio|both] [--json PATH]
+
+Server in a child process, load from this process's children, same run. Modes:
+  plain      unwrapped server
+  core       traced(registry=...) - recording only, no OpenTelemetry
+  unsampled  traced() with the OTel SDK installed: Prometheus reader, sampler ALWAYS_OFF
+  sampled    traced() with the OTel SDK: Prometheus reader, every span sampled and exported
+             through a BatchSpanProcessor to an exporter that OTLP-encodes and discards
+Rounds alternate the modes so drift on this shared machine hits them alike; medians are reported.
+Targets (issue 3): sampled >= 0.85x plain, unsampled >= 0.97x plain.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+MODES = ("plain", "core", "unsampled", "sampled")
+PAYLOAD = b"x" * 64
+
+
+def _setup_otel(sampled: bool):
+    from opentelemetry import metrics, trace
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    class EncodeAndDrop(SpanExporter):
+        def export(self, spans):
+            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self):
+            pass
+
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
+    provider.add_span_processor(BatchSpanProcessor(EncodeAndDrop()))
+    trace.set_tracer_provider(provider)
+
+
+def server_main(mode: str, loop_kind: str, port_q, stop_ev) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if mode in ("unsampled", "sampled"):
+        _setup_otel(mode == "sampled")
+    import traced_transport as tt
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        if mode == "plain":
+            factory = Echo
+        elif mode == "core":
+            factory = tt.traced(Echo, name="churn", registry=tt.Registry())
+        else:
+            factory = tt.traced(Echo, name="churn")
+        server = await loop.create_server(factory, "127.0.0.1", 0, backlog=1024)
+        port_q.put(server.sockets[0].getsockname()[1])
+        await loop.run_in_executor(None, stop_ev.wait)
+        server.close()
+
+    _run(main(), loop_kind)
+
+
+def _run(coro, loop_kind):
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(coro)
+    else:
+        asyncio.run(coro)
+
+
+def client_main(port: int, seconds: float, concurrency: int, out_q) -> None:
+    async def worker(deadline, counts):
+        while time.monotonic() < deadline:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(PAYLOAD)
+            await reader.readexactly(len(PAYLOAD))
+            writer.close()
+            await writer.wait_closed()
+            counts[0] += 1
+
+    async def main():
+        counts = [0]
+        start = time.monotonic()
+        deadline = start + seconds
+        await asyncio.gather(*(worker(deadline, counts) for _ in range(concurrency)))
+        out_q.put(counts[0] / (time.monotonic() - start))
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+def one_round(mode: str, loop_kind: str, seconds: float, clients: int) -> float:
+    ctx = mp.get_context("spawn")
+    port_q, out_q, stop_ev = ctx.Queue(), ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=server_main, args=(mode, loop_kind, port_q, stop_ev))
+    server.start()
+    port = port_q.get(timeout=30)
+    procs = [ctx.Process(target=client_main, args=(port, seconds, 8, out_q)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    rate = sum(out_q.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join()
+    stop_ev.set()
+    server.join(timeout=30)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short run (smoke test)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--json", help="write results here")
+    args = parser.parse_args()
+    rounds, seconds = (1, 1.0) if args.quick else (args.rounds, args.seconds)
+    loops = ("uvloop", "asyncio") if args.loop == "both" else (args.loop,)
+    results = {}
+    for loop_kind in loops:
+        rates: dict[str, list[float]] = {m: [] for m in MODES}
+        for r in range(rounds):
+            order = MODES if r % 2 == 0 else MODES[::-1]
+            for mode in order:
+                rates[mode].append(one_round(mode, loop_kind, seconds, clients=1))
+        med = {m: statistics.median(v) for m, v in rates.items()}
+        results[loop_kind] = {m: {"conn_per_s": med[m], "ratio": med[m] / med["plain"], "runs": rates[m]} for m in MODES}
+    print("\n| loop | mode | connections/s | ratio to plain | target |")
+    print("|---|---|---|---|---|")
+    targets = {"plain": "", "core": "", "unsampled": ">= 0.97", "sampled": ">= 0.85"}
+    for loop_kind, res in results.items():
+        for m in MODES:
+            print(f"| {loop_kind} | {m} | {res[m]['conn_per_s']:,.0f} | {res[m]['ratio']:.3f} | {targets[m]} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
