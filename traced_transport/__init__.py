@@ -7,6 +7,7 @@ record, kept in a thread-safe registry.
 """
 from ._classify import ConnKey
 from ._factory import TracedProtocolFactory, traced
+from ._instrument import instrument, is_instrumented, uninstrument
 from ._proxy import TracedTransport, is_proxy, unwrap
 from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, Snapshot, Totals, default_registry
@@ -29,12 +30,15 @@ __all__ = [
     "default_registry",
     "connection_span_context",
     "default_telemetry",
+    "instrument",
+    "is_instrumented",
     "is_proxy",
     "open_connection",
     "open_unix_connection",
     "start_server",
     "start_unix_server",
     "traced",
+    "uninstrument",
     "unwrap",
 ]
 

@@ -29,18 +29,26 @@ _MARK = "__traced_transport_original__"
 _seen: set[type] = set()
 _patched: list[tuple[type, str, Any]] = []
 
+# Loop methods that take a protocol factory, and the side a connection made
+# through them is on (None: decided per call). Used by instrument().
+_FACTORY_TAKING = {
+    "create_server": "server",
+    "create_unix_server": "server",
+    "connect_accepted_socket": "server",
+    "create_connection": "client",
+    "create_unix_connection": "client",
+    "create_datagram_endpoint": None,
+    "connect_read_pipe": "client",
+    "connect_write_pipe": "client",
+    "subprocess_exec": "client",
+    "subprocess_shell": "client",
+}
+# Of those, the ones that return (transport, protocol).
+_PAIR_RETURNING = frozenset(_FACTORY_TAKING) - {"create_server", "create_unix_server"}
 
-# Loop methods that return (transport, protocol).
-_PAIR_RETURNING = (
-    "create_connection",
-    "create_unix_connection",
-    "create_datagram_endpoint",
-    "connect_accepted_socket",
-    "connect_read_pipe",
-    "connect_write_pipe",
-    "subprocess_exec",
-    "subprocess_shell",
-)
+# Set by instrument(): wraps the factories of loop calls that the app did not
+# wrap itself. None when not instrumenting.
+auto: Any = None
 
 
 def ensure_for_running_loop() -> None:
@@ -62,26 +70,41 @@ def ensure_known_loops() -> None:
 
 def _hooks_for() -> list:
     hooks: list = [("start_tls", _make_start_tls), ("sendfile", _make_sendfile)]
-    hooks += [(name, _make_pair_returning) for name in _PAIR_RETURNING]
+    hooks += [(name, _make_factory_taking) for name in _FACTORY_TAKING]
     return hooks
 
 
+def _definer(loop_cls: type, name: str) -> Any:
+    for klass in loop_cls.__mro__:
+        if name in vars(klass):
+            return klass
+    return None
+
+
 def ensure(loop_cls: type) -> None:
+    """Hook ``loop_cls``'s methods where they are defined, so subclasses and
+    ``super()`` calls go through the hook too; an extension type that cannot be
+    patched is shadowed on ``loop_cls`` itself (uvloop.Loop over uvloop.loop.Loop)."""
     _seen.add(loop_cls)
     for name, make in _hooks_for():
-        original = getattr(loop_cls, name, None)
-        if original is None or hasattr(original, _MARK):
+        definer = _definer(loop_cls, name)
+        if definer is None:
             continue
-        hooked = make(original)
-        setattr(hooked, _MARK, original)
-        own = loop_cls.__dict__.get(name)
-        try:
-            setattr(loop_cls, name, hooked)
-        except (TypeError, AttributeError):
-            # An extension type we cannot patch: proxies still work there
-            # through their forwarded attributes, only less precisely.
+        current = vars(definer)[name]
+        if hasattr(current, _MARK):
             continue
-        _patched.append((loop_cls, name, own))
+        hooked = make(current, name)
+        setattr(hooked, _MARK, current)
+        for target in (definer, loop_cls):
+            own = vars(target).get(name)
+            if own is not None and hasattr(own, _MARK):
+                break
+            try:
+                setattr(target, name, hooked)
+            except (TypeError, AttributeError):
+                continue  # an extension type: try the class itself next
+            _patched.append((target, name, own))
+            break
 
 
 def remove_all() -> None:
@@ -97,21 +120,32 @@ def remove_all() -> None:
     _seen.clear()
 
 
-def _make_pair_returning(original: Any) -> Any:
+def _map_pair(pair: Any) -> Any:
+    transport, protocol = pair
+    if isinstance(protocol, _protocols._Wrapper):
+        proxy = protocol._proxy
+        if proxy is None:  # connection_made not called (yet): make it now
+            proxy = protocol._proxy = _proxy.make_proxy(transport, protocol, protocol._rec)
+        return proxy, protocol._app
+    return pair
+
+
+def _make_factory_taking(original: Any, name: str) -> Any:
+    pair = name in _PAIR_RETURNING
+    side = _FACTORY_TAKING[name]
+
     @functools.wraps(original)
     async def method(self, *args, **kwargs):
-        transport, protocol = await original(self, *args, **kwargs)
-        if isinstance(protocol, _protocols._Wrapper):
-            proxy = protocol._proxy
-            if proxy is None:  # connection_made not called (yet): make it now
-                proxy = protocol._proxy = _proxy.make_proxy(transport, protocol, protocol._rec)
-            return proxy, protocol._app
-        return transport, protocol
+        instrumenting = auto
+        if instrumenting is not None:
+            args, kwargs = instrumenting.wrap_call(name, side, args, kwargs)
+        result = await original(self, *args, **kwargs)
+        return _map_pair(result) if pair else result
 
     return method
 
 
-def _make_start_tls(original: Any) -> Any:
+def _make_start_tls(original: Any, name: str = "start_tls") -> Any:
     @functools.wraps(original)
     async def start_tls(self, transport, protocol, sslcontext, *args, **kwargs):
         if not isinstance(transport, _proxy.TracedTransport):
@@ -161,7 +195,7 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
     return upgraded
 
 
-def _make_sendfile(original: Any) -> Any:
+def _make_sendfile(original: Any, name: str = "sendfile") -> Any:
     @functools.wraps(original)
     async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
         if not isinstance(transport, _proxy.TracedTransport):

@@ -1,0 +1,141 @@
+"""instrument()/uninstrument(): zero-code tracing on any loop."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+import traced_transport as tt
+from traced_transport import _hooks
+from _helpers import Collect, closed
+
+
+@pytest.fixture
+def instrumented():
+    registry = tt.Registry()
+    tt.instrument(registry=registry, pipes=True)
+    try:
+        yield registry
+    finally:
+        tt.uninstrument()
+
+
+async def _echo_round_trip(payload: bytes) -> None:
+    async def handle(reader, writer):
+        writer.write(await reader.readexactly(len(payload)))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert tt.is_proxy(writer.transport)
+    writer.write(payload)
+    assert await reader.readexactly(len(payload)) == payload
+    assert await reader.read() == b""
+    writer.close()
+    await writer.wait_closed()
+    await closed(server)
+
+
+def test_instrument_traces_unmodified_code(run, instrumented):
+    run(_echo_round_trip, b"hello" * 100)
+    s, c = instrumented.totals("server"), instrumented.totals("client")
+    assert (s.opened, s.closed, s.rx, s.tx) == (1, 1, 500, 500)
+    assert (c.opened, c.closed, c.rx, c.tx) == (1, 1, 500, 500)
+
+
+def test_instrument_is_idempotent_and_uninstrument_restores(run):
+    originals = {name: vars(asyncio.BaseEventLoop)[name] for name in ("create_server", "create_connection", "start_tls", "sendfile")}
+    registry = tt.Registry()
+    tt.instrument(registry=registry)
+    tt.instrument(registry=registry)  # again: still one hook layer, same behaviour
+    assert tt.is_instrumented()
+    hooked = vars(asyncio.BaseEventLoop)["create_connection"]
+    assert getattr(hooked, _hooks._MARK) is originals["create_connection"]
+    run(_echo_round_trip, b"x")
+    assert registry.totals("server").opened == 1
+    tt.uninstrument()
+    tt.uninstrument()
+    assert not tt.is_instrumented()
+    for name, fn in originals.items():
+        assert vars(asyncio.BaseEventLoop)[name] is fn, name
+
+    async def plain():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        assert not tt.is_proxy(writer.transport)
+        writer.close()
+        await closed(server)
+
+    run(plain)
+    assert registry.totals("server").opened == 1
+
+
+def test_explicitly_traced_factories_are_not_wrapped_twice(run, instrumented):
+    async def main():
+        loop = asyncio.get_running_loop()
+        own = tt.Registry()
+        apps = []
+
+        def factory():
+            apps.append(Collect(echo=True))
+            return apps[-1]
+
+        server = await loop.create_server(tt.traced(factory, name="mine", registry=own), "127.0.0.1", 0)
+        tr, app = await loop.create_connection(Collect, *server.sockets[0].getsockname())
+        tr.write(b"abc")
+        await app.wait_bytes(3)
+        # one layer of proxy on the server side
+        assert tt.unwrap(apps[0].transport) is apps[0].transport.traced_inner
+        tr.close()
+        await apps[0].lost
+        await closed(server)
+        assert own.totals("mine").rx == 3
+        assert instrumented.totals("server").opened == 0
+        assert instrumented.totals("client").tx == 3
+
+    run(main)
+
+
+def test_instrument_pipes_and_datagrams(run, instrumented):
+    async def main():
+        loop = asyncio.get_running_loop()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print('x' * 10)", stdout=asyncio.subprocess.PIPE)
+        out = await proc.stdout.read()
+        assert await proc.wait() == 0
+        assert out.strip() == b"x" * 10
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                self.transport.sendto(data, addr)
+
+        got = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.set_result(data)
+
+        s_tr, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        c_tr, _ = await loop.create_datagram_endpoint(Client, remote_addr=s_tr.get_extra_info("sockname"))
+        c_tr.sendto(b"dgram")
+        assert await got == b"dgram"
+        c_tr.close()
+        s_tr.close()
+        rfd, wfd = os.pipe()
+        os.close(wfd)
+        r_tr, r_app = await loop.connect_read_pipe(Collect, os.fdopen(rfd, "rb", 0))
+        await r_app.lost
+        assert tt.is_proxy(r_tr)
+
+    run(main)
+    snap = instrumented.snapshot()
+    kinds = {(k.side, k.network_transport) for k in snap.closed}
+    assert ("client", "pipe") in kinds and ("server", "udp") in kinds and ("client", "udp") in kinds
+    assert instrumented.totals("client").rx >= 11 + 5

@@ -1,0 +1,104 @@
+"""Zero-code: trace every transport the app's loops create, without touching its code.
+
+``instrument()`` hooks the loop classes' factory-taking methods (asyncio's, and
+uvloop's when it is installed) so that a protocol factory the app did not wrap
+itself goes through ``traced()``. ``uninstrument()`` removes every hook.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+from typing import Any, Optional
+
+from . import _hooks
+from ._factory import TracedProtocolFactory, traced
+from ._record import Observer
+from ._registry import Registry
+
+_NETWORK = frozenset({
+    "create_server", "create_unix_server", "connect_accepted_socket",
+    "create_connection", "create_unix_connection", "create_datagram_endpoint",
+})
+_LOCAL = frozenset({"connect_read_pipe", "connect_write_pipe", "subprocess_exec", "subprocess_shell"})
+
+_lock = threading.Lock()
+
+
+class _Auto:
+    """What instrument() was asked for; consulted by the loop hooks on each call."""
+
+    def __init__(self, server_name: str, client_name: str, pipes: bool,
+                 observer: Optional[Observer], registry: Optional[Registry]) -> None:
+        self.server_name = server_name
+        self.client_name = client_name
+        self.methods = _NETWORK | (_LOCAL if pipes else frozenset())
+        self.observer = observer
+        self.registry = registry
+        self._groups: dict[str, Any] = {}
+
+    def wrap_call(self, method: str, side: Optional[str], args: tuple, kwargs: dict) -> tuple:
+        if method not in self.methods:
+            return args, kwargs
+        if args:
+            factory, rest = args[0], args[1:]
+        elif "protocol_factory" in kwargs:
+            factory, rest = kwargs["protocol_factory"], ()
+        else:
+            return args, kwargs
+        if isinstance(factory, TracedProtocolFactory) or not callable(factory):
+            return args, kwargs
+        if side is None:  # a datagram endpoint: a client when it has a remote address
+            remote = kwargs.get("remote_addr", rest[1] if len(rest) > 1 else None)
+            side = "client" if remote is not None else "server"
+        wrapped = self._factory(factory, side)
+        if args:
+            return (wrapped,) + rest, kwargs
+        kwargs = dict(kwargs, protocol_factory=wrapped)
+        return args, kwargs
+
+    def _factory(self, factory: Any, side: str) -> TracedProtocolFactory:
+        group = self._groups.get(side)
+        if group is None:
+            name = self.server_name if side == "server" else self.client_name
+            group = traced(factory, name=name, side=side, observer=self.observer, registry=self.registry).group
+            self._groups[side] = group
+        return TracedProtocolFactory(factory, group)
+
+
+def instrument(
+    *,
+    server_name: str = "server",
+    client_name: str = "client",
+    pipes: bool = False,
+    observer: Optional[Observer] = None,
+    registry: Optional[Registry] = None,
+) -> None:
+    """Trace every server and client transport created on any asyncio or uvloop loop.
+
+    Server connections get ``transport.name=server_name``, client connections
+    ``client_name`` (``server.port`` tells listeners apart). ``pipes=True`` also
+    traces pipes and subprocesses. Calling it again replaces the options;
+    factories the app wrapped with ``traced()`` itself are left as they are.
+    """
+    with _lock:
+        _hooks.auto = _Auto(server_name, client_name, pipes, observer, registry)
+        _hooks.ensure(asyncio.BaseEventLoop)
+        _hooks.ensure(asyncio.SelectorEventLoop)
+        try:
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            uvloop = None
+        if uvloop is not None:
+            _hooks.ensure(uvloop.Loop)
+
+
+def uninstrument() -> None:
+    """Remove every hook instrument() (or traced()) installed; idempotent."""
+    with _lock:
+        _hooks.auto = None
+        _hooks.remove_all()
+
+
+def is_instrumented() -> bool:
+    return _hooks.auto is not None
