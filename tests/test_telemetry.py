@@ -474,3 +474,59 @@ def test_no_parent_context_by_default(run):
     run(main)
     spans = {s.name: s for s in otel.spans()}
     assert spans["request"].parent is None
+
+
+def test_tls_server_handshakes_measured_and_failures_counted(run, server_ctx, client_ctx):
+    """create_server(ssl=): the handshake is timed, and failed handshakes are counted."""
+    otel = Otel()
+    closes: list = []
+    on_close = otel.telemetry.on_close
+
+    def counting_on_close(rec, exc):
+        on_close(rec, exc)
+        closes.append(rec.close_reason)
+        for n, fut in list(waiters):
+            if len(closes) >= n and not fut.done():
+                fut.set_result(None)
+
+    otel.telemetry.on_close = counting_on_close
+    waiters: list = []
+
+    async def closes_reached(n):
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append((n, fut))
+        if len(closes) >= n:
+            fut.set_result(None)
+        await asyncio.wait_for(fut, 10)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, ctx: None)  # failed handshakes are reported there too
+        server, s_app, c_tr, c_app = await tcp_pair(
+            wrap_server=otel.server(), ssl_server=server_ctx, ssl_client=client_ctx)
+        c_tr.close()
+        await s_app.lost
+        port = server.sockets[0].getsockname()[1]
+        # plain text to the TLS port
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET / HTTP/1.0\r\n\r\n")
+        await r.read()
+        w.close()
+        # a client that does not trust the server's certificate
+        with pytest.raises(ssl.SSLError):
+            await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(),
+                                          server_hostname="localhost")
+        await closes_reached(3)
+        await closed(server)
+        t = otel.registry.totals("s")
+        assert t.close_reasons.get("tls_handshake_failed") == 2
+        assert (t.opened, t.closed) == (3, 3)
+
+    run(main)
+    m = otel.metrics()
+    failed = [p for a, p, _ in m["transport.connection.duration"] if a.get("error.type") == "tls_handshake_failed"]
+    assert sum(p.count for p in failed) == 2
+    handshakes = {a.get("error.type"): p.count for a, p, _ in m["transport.tls.handshake.duration"]}
+    assert handshakes == {None: 1, "tls_handshake_failed": 2}
+    spans = [s for s in otel.spans() if s.attributes.get("transport.close_reason") == "tls_handshake_failed"]
+    assert len(spans) == 2 and all(s.status.status_code == StatusCode.ERROR for s in spans)

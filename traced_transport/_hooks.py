@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 import sys
 from typing import Any
 
+from . import _factory as _factory_mod
 from . import _protocols, _proxy
 from ._record import TLS_FAILED, monotonic
 from ._safety import report
@@ -69,7 +71,11 @@ def ensure_known_loops() -> None:
 
 
 def _hooks_for() -> list:
-    hooks: list = [("start_tls", _make_start_tls), ("sendfile", _make_sendfile)]
+    hooks: list = [
+        ("start_tls", _make_start_tls),
+        ("sendfile", _make_sendfile),
+        ("_make_ssl_transport", _make_make_ssl_transport),
+    ]
     hooks += [(name, _make_factory_taking) for name in _FACTORY_TAKING]
     return hooks
 
@@ -134,15 +140,144 @@ def _make_factory_taking(original: Any, name: str) -> Any:
     pair = name in _PAIR_RETURNING
     side = _FACTORY_TAKING[name]
 
+    tls_server = name in ("create_server", "create_unix_server")
+
     @functools.wraps(original)
     async def method(self, *args, **kwargs):
         instrumenting = auto
         if instrumenting is not None:
             args, kwargs = instrumenting.wrap_call(name, side, args, kwargs)
+        if tls_server and kwargs.get("ssl") is not None and args and type(self).__module__.startswith("uvloop"):
+            args, kwargs = _uvloop_tls_server(self, args, kwargs)
         result = await original(self, *args, **kwargs)
         return _map_pair(result) if pair else result
 
     return method
+
+
+def _uvloop_tls_server(loop, args: tuple, kwargs: dict) -> tuple:
+    # uvloop does the TLS handshake of create_server(ssl=) in Cython, where no
+    # hook reaches: a failed handshake would never be seen. For traced
+    # factories, serve plain TCP and put uvloop's own SSLProtocol in front of
+    # each connection ourselves, as uvloop would, with a waiter we can watch.
+    factory = args[0]
+    sslcontext = kwargs["ssl"]
+    ssl_protocol_cls = getattr(sys.modules.get("uvloop.loop"), "SSLProtocol", None)
+    if (not isinstance(factory, _factory_mod.TracedProtocolFactory) or not isinstance(sslcontext, ssl.SSLContext)
+            or ssl_protocol_cls is None):
+        return args, kwargs
+    kwargs = dict(kwargs)
+    del kwargs["ssl"]
+    timeouts = {k: kwargs.pop(k) for k in ("ssl_handshake_timeout", "ssl_shutdown_timeout") if k in kwargs}
+
+    def tls_factory():
+        wrapper = factory()
+        waiter = loop.create_future()
+        ssl_protocol = ssl_protocol_cls(loop, wrapper, sslcontext, waiter, server_side=True,
+                                        server_hostname=None, **timeouts)
+        return _TLSHandoff(wrapper, ssl_protocol, waiter)
+
+    return (tls_factory,) + args[1:], kwargs
+
+
+class _TLSHandoff(asyncio.Protocol):
+    """Sees the raw connection (for the record), then hands it to the SSL protocol for good."""
+
+    __slots__ = ("_wrapper", "_ssl_protocol", "_waiter")
+
+    def __init__(self, wrapper, ssl_protocol, waiter) -> None:
+        self._wrapper = wrapper
+        self._ssl_protocol = ssl_protocol
+        self._waiter = waiter
+
+    def connection_made(self, transport) -> None:
+        ssl_protocol, waiter = self._ssl_protocol, self._waiter
+        self._ssl_protocol = self._waiter = None
+        try:
+            _watch_handshake(self._wrapper._rec, transport.get_extra_info("socket"), waiter)
+        except Exception as exc:  # noqa: BLE001
+            report("tls handshake watch", exc)
+
+        def close_on_failure(fut) -> None:
+            # What uvloop's own server does when a handshake fails.
+            exc = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or exc is not None:
+                transport._force_close(exc)
+
+        waiter.add_done_callback(close_on_failure)
+        self._wrapper = None
+        transport.set_protocol(ssl_protocol)
+        ssl_protocol.connection_made(transport)
+
+
+class _SocketInfo:
+    """get_extra_info for a connection whose TLS handshake failed before any transport reached us."""
+
+    __slots__ = ("_extra",)
+
+    def __init__(self, sock: Any) -> None:
+        self._extra = {"socket": sock}
+        for key, method in (("sockname", "getsockname"), ("peername", "getpeername")):
+            try:
+                self._extra[key] = getattr(sock, method)()
+            except (OSError, AttributeError):
+                pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+
+def _make_make_ssl_transport(original: Any, name: str = "_make_ssl_transport") -> Any:
+    # asyncio's own TLS for create_server(ssl=)/create_connection(ssl=): the
+    # handshake happens before our wrapper hears of the connection, and a
+    # failed one never reaches it. The waiter tells us how it went.
+    @functools.wraps(original)
+    def method(self, rawsock, protocol, sslcontext, waiter=None, *args, **kwargs):
+        transport = original(self, rawsock, protocol, sslcontext, waiter, *args, **kwargs)
+        if waiter is not None and isinstance(protocol, _protocols._Wrapper):
+            try:
+                _watch_handshake(protocol._rec, rawsock, waiter)
+            except Exception as exc:  # noqa: BLE001
+                report("tls handshake watch", exc)
+        return transport
+
+    return method
+
+
+def _watch_handshake(rec, sock, waiter) -> None:
+    started = monotonic()
+    info = _SocketInfo(sock)
+
+    def done(fut) -> None:
+        try:
+            elapsed = monotonic() - started
+            failed = fut.cancelled() or fut.exception() is not None
+            if not failed:
+                if rec.opened_at and rec.tls_handshake_s is None:
+                    rec.tls_handshake_s = elapsed
+                    _notify_tls(rec, rec.transport)
+                return
+            if rec.opened_at == 0.0:
+                # Never reached the app: record the attempt as a connection
+                # that ended in a failed handshake.
+                exc = None if fut.cancelled() else fut.exception()
+                rec.open(info)
+                rec.opened_at = started
+                rec.tls_handshake_s = elapsed
+                rec.close(exc if isinstance(exc, Exception) else None, TLS_FAILED)
+        except Exception as exc:  # noqa: BLE001
+            report("tls handshake watch", exc)
+
+    waiter.add_done_callback(done)
+
+
+def _notify_tls(rec, transport) -> None:
+    observer = rec.group.observer
+    if observer is not None and hasattr(observer, "on_tls"):
+        try:
+            observer.on_tls(rec, transport)
+        except Exception as err:  # noqa: BLE001
+            report("observer.on_tls", err)
 
 
 def _make_start_tls(original: Any, name: str = "start_tls") -> Any:
@@ -186,12 +321,7 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
         from ._extra import snapshot_extra
 
         rec.extra = snapshot_extra(upgraded)
-    observer = rec.group.observer
-    if observer is not None and hasattr(observer, "on_tls"):
-        try:
-            observer.on_tls(rec, upgraded)
-        except Exception as err:  # noqa: BLE001
-            report("observer.on_tls", err)
+    _notify_tls(rec, app_transport)
     return upgraded
 
 
