@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/echo_server.py $(ARGS)
+	$(VENV)/bin/traced-transport demo $(ARGS)
 
 test: $(STAMP)
+	bash scripts/system-deps.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
 	$(MAKE) --no-print-directory test-conformance
 
