@@ -57,16 +57,24 @@ class Snapshot:
                 t = out[rec.key] = Totals()
             t.rx += rec.rx
             t.tx += rec.tx
-            t.read_pauses += rec.read_pauses
-            t.write_pauses += rec.write_pauses
-            t.read_paused_s += rec.read_paused_s
-            t.write_paused_s += rec.write_paused_s
             t.active += 1
-            if rec.read_paused_since is not None:
-                t.read_paused_now += 1
-            if rec.write_paused_since is not None:
-                t.write_paused_now += 1
+            rare = rec._rare  # None: no pause ever (most connections)
+            if rare is not None:
+                t.read_pauses += rare.read_pauses
+                t.write_pauses += rare.write_pauses
+                t.read_paused_s += rare.read_paused_s
+                t.write_paused_s += rare.write_paused_s
+                if rare.read_paused_since is not None:
+                    t.read_paused_now += 1
+                if rare.write_paused_since is not None:
+                    t.write_paused_now += 1
         return out
+
+
+class _Head:
+    """The list's sentinel."""
+
+    __slots__ = ("_prev", "_next")
 
 
 class Registry:
@@ -74,13 +82,22 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._live: set[ConnectionRecord] = set()
+        # Live records form a doubly linked list through their _prev/_next
+        # slots: 16 bytes per connection, where a set took 27 to 107
+        # depending on how full its table was.
+        self._head = _Head()
+        self._head._prev = self._head._next = self._head
         self._closed: dict[ConnKey, Totals] = {}
 
     # Called on the loop, once per connection.
     def _opened(self, rec: ConnectionRecord) -> None:
         with self._lock:
-            self._live.add(rec)
+            head = self._head
+            last = head._prev
+            rec._prev = last
+            rec._next = head
+            last._next = rec
+            head._prev = rec
             t = self._closed.get(rec.key)
             if t is None:
                 t = self._closed[rec.key] = Totals()
@@ -88,30 +105,45 @@ class Registry:
 
     def _closed_record(self, rec: ConnectionRecord) -> None:
         with self._lock:
-            if rec not in self._live:
+            if rec._next is None:  # not live (any more)
                 return
-            self._live.discard(rec)
+            before, after = rec._prev, rec._next
+            before._next = after
+            after._prev = before
+            rec._prev = rec._next = None
             t = self._closed[rec.key]
             t.closed += 1
             t.rx += rec.rx
             t.tx += rec.tx
-            t.read_pauses += rec.read_pauses
-            t.write_pauses += rec.write_pauses
-            t.read_paused_s += rec.read_paused_s
-            t.write_paused_s += rec.write_paused_s
+            rare = rec._rare
+            if rare is not None:
+                t.read_pauses += rare.read_pauses
+                t.write_pauses += rare.write_pauses
+                t.read_paused_s += rare.read_paused_s
+                t.write_paused_s += rare.write_paused_s
             reason = rec.close_reason
             t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
 
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            live = list(self._live)
+            live = self._live_list()
             closed = {k: t.copy() for k, t in self._closed.items()}
         return Snapshot(closed, live, monotonic())
 
+    def _live_list(self) -> list:
+        # Under the lock.
+        out = []
+        head = self._head
+        rec = head._next
+        while rec is not head:
+            out.append(rec)
+            rec = rec._next
+        return out
+
     def live(self) -> list[ConnectionRecord]:
         with self._lock:
-            return list(self._live)
+            return self._live_list()
 
     def totals(self, name: Optional[str] = None) -> Totals:
         """Everything summed (optionally for one ``transport.name``): handy in apps and tests."""
@@ -130,7 +162,9 @@ class Registry:
     def clear(self) -> None:
         """Forget everything (tests)."""
         with self._lock:
-            self._live.clear()
+            for rec in self._live_list():
+                rec._prev = rec._next = None
+            self._head._prev = self._head._next = self._head
             self._closed.clear()
 
 
