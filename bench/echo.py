@@ -90,8 +90,8 @@ except ImportError:  # pragma: no cover - the bench wants it, but degrades
     uvloop = None
 
 HERE = os.path.abspath(__file__)
-MODES = ("unwrapped", "reference", "reference_getattr", "traced")
-DEFAULT_MODES = ("unwrapped", "reference", "traced")  # throughput and memory
+MODES = ("unwrapped", "reference", "reference_getattr", "traced", "traced_sdk")
+DEFAULT_MODES = ("unwrapped", "reference", "traced", "traced_sdk")  # throughput and memory
 CALLGRIND_MODES = MODES
 LOOPS = ("asyncio", "uvloop")
 HOST = "127.0.0.1"
@@ -258,6 +258,26 @@ def make_factory(mode: str):
     if mode == "traced":
         from traced_transport import traced
 
+        return traced(Echo, name="echo", side="server")
+    if mode == "traced_sdk":
+        # Telemetry on: the OTel SDK installed, a Prometheus reader and a span
+        # processor attached (every span sampled, exported by a BatchSpanProcessor).
+        from opentelemetry import metrics, trace
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        from traced_transport import traced
+
+        class Drop(SpanExporter):
+            def export(self, spans):
+                return SpanExportResult.SUCCESS
+
+        metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Drop()))
+        trace.set_tracer_provider(provider)
         return traced(Echo, name="echo", side="server")
     raise ValueError(mode)
 

@@ -12,7 +12,7 @@ from ._proxy import TracedTransport, is_proxy, unwrap
 from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, Snapshot, Totals, default_registry
 from ._streams import open_connection, open_unix_connection, start_server, start_unix_server
-from ._telemetry import Telemetry, default_telemetry
+from ._telemetry import Telemetry, default_telemetry, set_default_telemetry
 
 connection_span_context = Telemetry.span_context_of
 
@@ -35,6 +35,7 @@ __all__ = [
     "is_proxy",
     "open_connection",
     "open_unix_connection",
+    "set_default_telemetry",
     "start_server",
     "start_unix_server",
     "traced",

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any, Callable, Optional
 
 from ._factory import traced
+from ._record import Observer
 from ._registry import Registry
 
 _LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
@@ -24,45 +25,49 @@ def _reader_protocol_factory(loop, limit, client_connected_cb=None):
 
 async def start_server(
     client_connected_cb: Callable, host: Any = None, port: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None, **kwds: Any,
+    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None, **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Like ``asyncio.start_server``, with every connection traced (side ``server``)."""
     loop = asyncio.get_running_loop()
-    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry)
+    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry, observer=observer)
     return await loop.create_server(factory, host, port, **kwds)
 
 
 async def start_unix_server(
     client_connected_cb: Callable, path: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None, **kwds: Any,
+    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None, **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Like ``asyncio.start_unix_server``, traced."""
     loop = asyncio.get_running_loop()
-    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry)
+    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry, observer=observer)
     return await loop.create_unix_server(factory, path, **kwds)
 
 
 async def open_connection(
     host: Any = None, port: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None, **kwds: Any,
+    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None, **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_connection``, traced (side ``client``)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    factory = traced(lambda: protocol, name=name, side="client", registry=registry)
+    factory = traced(lambda: protocol, name=name, side="client", registry=registry, observer=observer)
     transport, _ = await loop.create_connection(factory, host, port, **kwds)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def open_unix_connection(
     path: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None, **kwds: Any,
+    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None, **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_unix_connection``, traced (side ``client``)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    factory = traced(lambda: protocol, name=name, side="client", registry=registry)
+    factory = traced(lambda: protocol, name=name, side="client", registry=registry, observer=observer)
     transport, _ = await loop.create_unix_connection(factory, path, **kwds)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

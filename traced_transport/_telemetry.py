@@ -309,6 +309,13 @@ _default: Optional[Telemetry] = None
 _default_lock = threading.Lock()
 
 
+def set_default_telemetry(telemetry: Optional[Telemetry]) -> None:
+    """Make ``telemetry`` what ``traced()`` uses when given neither registry nor observer (None: back to the default)."""
+    global _default
+    with _default_lock:
+        _default = telemetry
+
+
 def default_telemetry() -> Telemetry:
     """The process-wide Telemetry over the default registry and the global providers."""
     global _default
