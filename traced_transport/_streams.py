@@ -45,18 +45,24 @@ async def start_unix_server(
     return await loop.create_unix_server(factory, path, **kwds)
 
 
+async def _open(connect: str, args: tuple, name: str, limit: int, registry: Optional[Registry],
+                observer: Optional[Observer], kwds: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    # asyncio.open_connection's own steps, with the factory traced.
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    factory = traced(lambda: protocol, name=name, side="client", registry=registry, observer=observer)
+    transport, _ = await getattr(loop, connect)(factory, *args, **kwds)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 async def open_connection(
     host: Any = None, port: Any = None, *,
     name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
     observer: Optional[Observer] = None, **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_connection``, traced (side ``client``)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    factory = traced(lambda: protocol, name=name, side="client", registry=registry, observer=observer)
-    transport, _ = await loop.create_connection(factory, host, port, **kwds)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    return await _open("create_connection", (host, port), name, limit, registry, observer, kwds)
 
 
 async def open_unix_connection(
@@ -65,9 +71,4 @@ async def open_unix_connection(
     observer: Optional[Observer] = None, **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_unix_connection``, traced (side ``client``)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    factory = traced(lambda: protocol, name=name, side="client", registry=registry, observer=observer)
-    transport, _ = await loop.create_unix_connection(factory, path, **kwds)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    return await _open("create_unix_connection", (path,), name, limit, registry, observer, kwds)

@@ -11,7 +11,8 @@ import time
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from _util import free_port, samples, total, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -33,36 +34,8 @@ def _log(path):
     return f
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll another process's observable state until it holds (no event crosses the process boundary)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        ok, last = predicate()
-        if ok:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; last: {last}")
-        time.sleep(interval)
-
-
 def scrape(url: str) -> dict:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out: dict = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def total(parsed: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in parsed.items() if n == name and all((k, w) in ls for k, w in labels.items()))
+    return samples(urllib.request.urlopen(url, timeout=5).read().decode())
 
 
 def http_load(port: int, requests: int) -> tuple[int, int]:
@@ -107,7 +80,7 @@ def test_help_explains_every_option():
 
 
 def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
-    port = _free_port()
+    port = free_port()
     log = _log(tmp_path / "run.log")
     env = dict(os.environ, PYTHONPATH=HERE)
     proc = subprocess.Popen(
@@ -144,7 +117,7 @@ def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
 def test_opentelemetry_instrument_picks_up_the_instrumentor(tmp_path):
     from _otlp_receiver import OTLPReceiver
 
-    port = _free_port()
+    port = free_port()
     with OTLPReceiver() as receiver:
         env = dict(os.environ, PYTHONPATH=HERE, OTEL_SERVICE_NAME="otel-instrument-test",
                    OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",

@@ -32,7 +32,8 @@ pytest.importorskip("prometheus_client")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402,F401
+from _util import free_port, samples, total, wait_for  # noqa: E402
 
 import traced_transport as tt  # noqa: E402
 from exporters import multiworker as mw  # noqa: E402
@@ -44,20 +45,6 @@ PROMTOOL = shutil.which("promtool")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def samples(text: str) -> dict:
-    """{(sample name, frozenset(labels)): value} of a Prometheus text exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def total(parsed: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in parsed.items()
-               if n == name and all((k, want) in ls for k, want in labels.items()))
-
-
 def check_promtool(text: str) -> None:
     if PROMTOOL is None:
         return
@@ -69,18 +56,6 @@ def render(collector: mw.AggregatingCollector) -> str:
     registry = CollectorRegistry()
     registry.register(collector)
     return generate_latest(registry).decode()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        ok, last = predicate()
-        if ok:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; last: {last}")
-        time.sleep(interval)
 
 
 class _Echo(asyncio.Protocol):
@@ -328,12 +303,6 @@ def test_sigterm_with_default_handler_writes_final_totals(tmp_path):
 
 
 # -- a real uvicorn with two workers -----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Load:
     """HTTP/1.1 over raw sockets, counting every byte written to and read from them."""
 
@@ -406,7 +375,7 @@ def uvicorn_two_workers(tmp_path, request):
     in every process (what ``traced-transport run`` does)."""
     directory = str(tmp_path / "mw")
     mw.prepare_directory(directory)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "uvicorn.log"
     env = dict(os.environ, TT_MW_DIR=directory, TT_MW_INTERVAL="0.2", PYTHONUNBUFFERED="1",
                TT_MW_MODE=request.param)
