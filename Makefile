@@ -23,12 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/system-deps.sh
-	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
+	timeout 1200 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
 	$(MAKE) --no-print-directory test-conformance
 
 test-conformance: $(STAMP)
 	bash tests/conformance/setup_venvs.sh
-	$(PY) tests/conformance/run.py --all-pythons
+	timeout 900 $(PY) tests/conformance/run.py --all-pythons
 
 bench: $(STAMP)
 	$(PY) bench/echo.py $(ARGS)

@@ -48,7 +48,9 @@ def test_instrument_traces_unmodified_code(run, instrumented):
 
 
 def test_instrument_is_idempotent_and_uninstrument_restores(run):
-    originals = {name: vars(asyncio.BaseEventLoop)[name] for name in ("create_server", "create_connection", "start_tls", "sendfile")}
+    # The unhooked methods (importing traced_transport already hooked them).
+    originals = {name: getattr(vars(asyncio.BaseEventLoop)[name], _hooks._MARK, vars(asyncio.BaseEventLoop)[name])
+                 for name in ("create_server", "create_connection", "start_tls", "sendfile")}
     registry = tt.Registry()
     tt.instrument(registry=registry)
     tt.instrument(registry=registry)  # again: still one hook layer, same behaviour
@@ -60,8 +62,9 @@ def test_instrument_is_idempotent_and_uninstrument_restores(run):
     tt.uninstrument()
     tt.uninstrument()
     assert not tt.is_instrumented()
+    # The hooks stay (traced() needs them before its first call) and pass through.
     for name, fn in originals.items():
-        assert vars(asyncio.BaseEventLoop)[name] is fn, name
+        assert getattr(vars(asyncio.BaseEventLoop)[name], _hooks._MARK, fn) is fn, name
 
     async def plain():
         server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
@@ -139,3 +142,41 @@ def test_instrument_pipes_and_datagrams(run, instrumented):
     kinds = {(k.side, k.network_transport) for k in snap.closed}
     assert ("client", "pipe") in kinds and ("server", "udp") in kinds and ("client", "udp") in kinds
     assert instrumented.totals("client").rx >= 11 + 5
+
+
+def test_instrument_counts_a_subprocess_once(run, instrumented):
+    # asyncio's subprocess transport connects its stdin/stdout through
+    # loop.connect_write_pipe / connect_read_pipe: those are not connections of
+    # their own, or a subprocess counts 3 times and its bytes twice.
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert tt.is_proxy(proc.stdin.transport)
+        assert proc.stdin.transport.traced_inner is tt.unwrap(proc.stdin.transport)  # one layer
+        out, _ = await proc.communicate(b"x" * 100)
+        assert out == b"x" * 100
+
+    run(main)
+    totals = instrumented.totals("client")
+    assert (totals.opened, totals.rx, totals.tx) == (1, 100, 100)
+
+
+def test_traced_inline_in_the_first_call_after_uninstrument(run):
+    # `loop.create_connection(traced(f), ...)`: the method is looked up before
+    # traced(f) runs, so the hooks must already be there.
+    tt.instrument()
+    tt.uninstrument()
+    registry = tt.Registry()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Collect, "127.0.0.1", 0)
+        tr, app = await loop.create_connection(
+            tt.traced(Collect, side="client", registry=registry), *server.sockets[0].getsockname())
+        assert tt.is_proxy(tr) and isinstance(app, Collect) and app.transport is tr
+        tr.close()
+        await app.lost
+        await closed(server)
+
+    run(main)

@@ -334,3 +334,34 @@ def test_unix_stream_helpers(run, registry, tmp_path):
         assert registry.totals("us").rx == 5 == registry.totals("uc").rx
 
     run(main)
+
+
+def test_method_replaced_through_proxy_reads_back(run, registry, loop_kind):
+    # mock.patch.object(transport, "pause_reading") and the like: what was set
+    # must be what is read back through the proxy, as it is unwrapped.
+    from unittest import mock
+
+    async def main():
+        server, s_app, c_tr, c_app = await tcp_pair(
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry))
+        cls = type(c_tr)
+        m = mock.Mock()
+        try:
+            c_tr.pause_reading = m
+        except AttributeError:
+            assert loop_kind == "uvloop"  # extension transports refuse it, wrapped or not
+        else:
+            assert c_tr.pause_reading is m and tt.unwrap(c_tr).pause_reading is m
+            assert isinstance(c_tr, cls) and type(c_tr).__name__ == cls.__name__
+            c_tr.pause_reading()
+            assert m.called and c_tr.traced_record.read_pauses == 0
+            del c_tr.pause_reading
+            assert type(c_tr) is cls
+            c_tr.pause_reading()
+            assert c_tr.traced_record.read_pauses == 1
+        c_tr.close()
+        await c_app.lost
+        await s_app.lost
+        await closed(server)
+
+    run(main)

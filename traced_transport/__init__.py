@@ -16,6 +16,17 @@ from ._telemetry import Telemetry, default_telemetry, set_default_telemetry
 
 connection_span_context = Telemetry.span_context_of
 
+# Hook the loop classes now, not on the first traced() call: in
+# `await loop.create_connection(traced(f), ...)` Python looks up
+# loop.create_connection before it evaluates traced(f), so a hook installed by
+# that first traced() call came too late for its own call, which returned
+# (real transport, our wrapper) instead of (proxy, app protocol). The hooks
+# pass untraced calls straight through. (A uvloop imported after this module
+# is hooked by the first traced() call, with the same first-call gap.)
+from . import _hooks as _hooks_mod  # noqa: E402
+
+_hooks_mod.ensure_known_loops()
+
 __all__ = [
     "ConnKey",
     "ConnectionRecord",

@@ -48,6 +48,12 @@ class _Auto:
             return args, kwargs
         if isinstance(factory, TracedProtocolFactory) or not callable(factory):
             return args, kwargs
+        if getattr(factory, "__module__", None) == "asyncio.base_subprocess":
+            # asyncio's subprocess transport connecting its own stdin/stdout/
+            # stderr: those pipes belong to the subprocess connection (traced,
+            # with their bytes, when pipes=True); tracing them again counted
+            # every subprocess as 1 + its pipes, and its bytes twice.
+            return args, kwargs
         if side is None:  # a datagram endpoint: a client when it has a remote address
             remote = kwargs.get("remote_addr", rest[1] if len(rest) > 1 else None)
             side = "client" if remote is not None else "server"
@@ -94,10 +100,14 @@ def instrument(
 
 
 def uninstrument() -> None:
-    """Remove every hook instrument() (or traced()) installed; idempotent."""
+    """Stop tracing factories the app did not wrap itself; idempotent.
+
+    The loop hooks stay: they pass untraced calls straight through, and
+    ``loop.create_connection(traced(f), ...)`` needs them in place *before*
+    the call, since Python looks the method up before it evaluates
+    ``traced(f)``. ``_hooks.remove_all()`` still removes them (tests)."""
     with _lock:
         _hooks.auto = None
-        _hooks.remove_all()
 
 
 def is_instrumented() -> bool:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import transports as _transports
+from types import FunctionType
 from typing import Any, Callable, Optional
 
 from . import _protocols
@@ -91,13 +92,16 @@ class _ForwardExplicit(TracedTransport):
         cls = type(self)
         if not hasattr(cls, name):
             # A new name: readable through every proxy of this class from now on.
-            type.__setattr__(cls, name, _forward_attribute(name))
+            type.__setattr__(getattr(cls, "_replaced_base", cls), name, _forward_attribute(name))
+        else:
+            _note_replaced_method(self, name)
 
     def __delattr__(self, name: str) -> None:
         if name in _OWN_SLOTS:
             object.__delattr__(self, name)
         else:
             delattr(self._transport, name)
+            _note_restored_method(self, name)
 
 
 class _ForwardUnknown(TracedTransport):
@@ -117,12 +121,53 @@ class _ForwardUnknown(TracedTransport):
             object.__setattr__(self, name, value)
         else:
             setattr(self._transport, name, value)
+            _note_replaced_method(self, name)
 
     def __delattr__(self, name: str) -> None:
         if name in _OWN_SLOTS:
             object.__delattr__(self, name)
         else:
             delattr(self._transport, name)
+            _note_restored_method(self, name)
+
+
+# -- methods replaced through a proxy -------------------------------------------
+# `transport.pause_reading = mock.Mock()` (mock.patch.object, test doubles) sets
+# the attribute on the real transport; the proxy's class would go on answering
+# `transport.pause_reading` with its own forwarder, so reading back what was set
+# gave something else. Such a proxy is moved to a subclass (same slots, so
+# __class__ can change; isinstance and the name stay) where those names are
+# read from the real transport. The common path never pays for this.
+
+_replaced_classes: dict[tuple, type] = {}
+
+
+def _with_replaced(proxy: Any, names: frozenset) -> None:
+    cls = type(proxy)
+    base = getattr(cls, "_replaced_base", cls)
+    if not names:
+        object.__setattr__(proxy, "__class__", base)
+        return
+    sub = _replaced_classes.get((base, names))
+    if sub is None:
+        ns: dict[str, Any] = {name: _forward_attribute(name) for name in names}
+        ns.update(__slots__=(), __module__=base.__module__, __qualname__=base.__qualname__,
+                  __doc__=base.__doc__, _replaced_base=base, _replaced_names=names)
+        sub = _replaced_classes[(base, names)] = type(base.__name__, (base,), ns)
+    object.__setattr__(proxy, "__class__", sub)
+
+
+def _note_replaced_method(proxy: Any, name: str) -> None:
+    cls = type(proxy)
+    replaced = getattr(cls, "_replaced_names", frozenset())
+    if name not in replaced and isinstance(getattr(cls, name, None), FunctionType):
+        _with_replaced(proxy, replaced | {name})
+
+
+def _note_restored_method(proxy: Any, name: str) -> None:
+    replaced = getattr(type(proxy), "_replaced_names", frozenset())
+    if name in replaced:
+        _with_replaced(proxy, replaced - {name})
 
 
 # -- forwarding methods, installed on a proxy class only where the real class has them --
@@ -199,8 +244,10 @@ def get_extra_info(self, name, default=None):
 
 def get_pipe_transport(self, fd):
     pipe = self._transport.get_pipe_transport(fd)
-    if pipe is None:
-        return None
+    if pipe is None or isinstance(pipe, TracedTransport):
+        # Already a proxy (the pipe's own factory was traced): hand out the very
+        # object the loop gave the pipe's protocol, not a proxy over a proxy.
+        return pipe
     cache = self._pipes
     proxy = cache.get(fd)
     if proxy is None or proxy._transport is not pipe:

@@ -170,7 +170,12 @@ def main() -> int:
         sys.path.insert(0, HERE)
         import _wrap_all as wrap_all
 
-        wrap_all.install()
+        otel = wrap_all.install_otel_sdk() if os.environ.get("CONFORMANCE_OTEL_SDK") == "1" else "api"
+        wrapper = os.environ.get("CONFORMANCE_WRAPPER", "traced")
+        if wrapper == "instrument":
+            wrap_all.install_instrument()
+        else:
+            wrap_all.install()
         conns, closed = wrap_all.connections_opened, wrap_all.connections_closed
 
     name = f"test.test_asyncio.{args.module}"
@@ -194,7 +199,13 @@ def main() -> int:
                 hook_calls=wrap_all.stats["hook_calls"],
                 wrapped_factories=wrap_all.stats["wrapped_factories"],
                 patched=[".".join(p) for p in wrap_all.patched],
+                wrapper=wrapper,
+                otel=otel,
             )
+            try:
+                done.update(wrap_all.otel_summary())
+            except Exception as exc:  # noqa: BLE001
+                done["otel_error"] = repr(exc)
         out.write(json.dumps(done) + "\n")
         out.flush()
     faulthandler.cancel_dump_traceback_later()

@@ -97,6 +97,48 @@ def install() -> None:
     _hooks.ensure(asyncio.SelectorEventLoop)
 
 
+def install_instrument() -> None:
+    """The alternative: the library's own zero-code hooks, pipes and subprocesses included."""
+    traced_transport.instrument(pipes=True, server_name=NAME, client_name=NAME)
+
+
+def install_otel_sdk() -> str:
+    """Real SDK providers, so that spans record and span attributes are computed.
+
+    Returns what was done (the SDK is an optional dependency)."""
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError as exc:
+        return f"no SDK ({exc})"
+    global span_exporter, metric_reader
+    span_exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    trace.set_tracer_provider(tracer_provider)
+    metric_reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[metric_reader]))
+    return "sdk"
+
+
+span_exporter = metric_reader = None
+
+
+def otel_summary() -> dict:
+    out = {}
+    if span_exporter is not None:
+        out["spans"] = len(span_exporter.get_finished_spans())
+    if metric_reader is not None:
+        data = metric_reader.get_metrics_data()  # runs the observable callbacks
+        out["metrics"] = sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+                                 for m in sm.metrics}) if data else []
+    return out
+
+
 def connections_opened() -> int:
     """Connections whose app protocol got a proxy in connection_made."""
     return registry.totals(NAME).opened

@@ -2,8 +2,14 @@
 """Run CPython's own test_asyncio modules over real transports, plain and with every
 protocol factory wrapped by ``traced_transport.traced()``, and compare per test.
 
-    python tests/conformance/run.py [--python PATH ...] [--modules M ...]
+    python tests/conformance/run.py [--python PATH ... | --all-pythons] [--modules M ...]
         [--mode both|plain|wrapped] [--json out.json] [--jobs N] [--timeout S]
+        [--wrapper traced|instrument] [--otel-sdk] [-v]
+
+--all-pythons takes /work/main/.venv-3.{10,11,12,13} (tests/conformance/setup_venvs.sh).
+Wrapped mode hooks the loop classes' factory-taking methods (_wrap_all.py) so
+every factory goes through traced(); --wrapper instrument uses the library's
+own instrument(pipes=True) instead.
 
 Each (interpreter, module, mode) runs in its own child process (``_child.py``)
 with a timeout; a child that hangs or crashes is restarted after the test it
@@ -27,6 +33,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "_child.py")
+ROOT = os.path.dirname(os.path.dirname(HERE))
+ALL_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 sys.path.insert(0, HERE)
 
 import expected_failures  # noqa: E402
@@ -147,6 +155,8 @@ def first_line(detail) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", action="append", help="interpreter(s) to test (default: this one)")
+    ap.add_argument("--all-pythons", action="store_true",
+                    help="test every .venv-3.X of ALL_VERSIONS in the repo root (see setup_venvs.sh)")
     ap.add_argument("--modules", nargs="+", default=list(MODULES))
     ap.add_argument("--mode", choices=("both", "plain", "wrapped"), default="both")
     ap.add_argument("--json", help="write the full report here")
@@ -155,14 +165,29 @@ def main(argv=None) -> int:
     ap.add_argument("--logdir", help="child logs and raw results (default: a new temp dir)")
     ap.add_argument("--no-rerun", action="store_true",
                     help="do not rerun wrapped-only failures to tell flakes from regressions")
+    ap.add_argument("--wrapper", choices=("traced", "instrument"), default="traced",
+                    help="wrapped mode: this harness's hooks calling traced() on every factory (default), "
+                         "or the library's own instrument(pipes=True)")
+    ap.add_argument("--otel-sdk", action="store_true",
+                    help="wrapped mode: install OpenTelemetry SDK providers (recording spans, in-memory "
+                         "metrics) when the SDK is importable, so the telemetry code runs in full")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each regression's traceback tail")
     args = ap.parse_args(argv)
 
-    pythons = [os.path.abspath(shutil.which(p) or p) for p in (args.python or [sys.executable])]
+    wanted = list(args.python or [])
+    if args.all_pythons:
+        for v in ALL_VERSIONS:
+            venv_python = os.path.join(ROOT, f".venv-{v}", "bin", "python")
+            if not os.path.exists(venv_python):
+                ap.error(f"{venv_python} missing: run tests/conformance/setup_venvs.sh")
+            wanted.append(venv_python)
+    pythons = [os.path.abspath(shutil.which(p) or p) for p in (wanted or [sys.executable])]
     logdir = args.logdir or tempfile.mkdtemp(prefix="conformance-")
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
     env["PYTHONUNBUFFERED"] = "1"
+    env["CONFORMANCE_WRAPPER"] = args.wrapper
+    env["CONFORMANCE_OTEL_SDK"] = "1" if args.otel_sdk else "0"
     modes = ("plain", "wrapped") if args.mode == "both" else (args.mode,)
     wall0 = time.monotonic()
 
@@ -193,7 +218,7 @@ def main(argv=None) -> int:
     report = {"logdir": logdir, "pythons": []}
     for i, info in enumerate(infos):
         version = info["version"]
-        xfail = expected_failures.for_version(version)
+        xfail = expected_failures.for_version(version, args.wrapper)
         used_xfail = set()
         pyrep = {"version": info["full_version"], "python": info["python"],
                  "traced_transport": info["traced_transport"], "modules": {}}
@@ -212,15 +237,24 @@ def main(argv=None) -> int:
                     continue
                 c = counts(run["results"])
                 d = run["done"] or {}
-                modrep[mode] = dict(c, time=run["time"], incidents=run["incidents"], log=run["log"])
+                modrep[mode] = dict(c, time=run["time"], incidents=run["incidents"], log=run["log"],
+                                    passed_tests=sorted(t for t, r in run["results"].items()
+                                                        if r["outcome"] == PASSED))
                 conns = ""
                 if mode == "wrapped":
                     modrep[mode].update({k: d.get(k) for k in ("conns_opened", "conns_closed", "hook_calls",
                                                                "wrapped_factories")})
-                    opened = sum(r.get("conns") or 0 for r in run["results"].values())
-                    opened = d.get("conns_opened", opened)
+                    # A restarted child starts a new registry: the last attempt's total can
+                    # miss what earlier attempts traced, which the per-test counts still hold.
+                    opened = max(sum(r.get("conns") or 0 for r in run["results"].values()),
+                                 d.get("conns_opened") or 0)
                     modrep[mode]["conns_opened"] = opened
-                    conns = f"{opened:>5} ({d.get('hook_calls', '?')} calls)"
+                    modrep[mode].update({k: d[k] for k in ("otel", "spans", "metrics", "otel_error") if k in d})
+                    conns = f"{opened:>5} ({d.get('hook_calls', '?') if d.get('wrapper') != 'instrument' else 'instrument'} calls)"
+                    if "spans" in d:
+                        conns += f" {d['spans']} spans"
+                    if "otel_error" in d:
+                        conns += f" OTEL ERROR {d['otel_error']}"
                     if not opened and (module in MAKES_CONNECTIONS or d.get("hook_calls")):
                         problems.append(f"{module}: no traced connection in wrapped mode")
                 print(f"{module:<20} {mode:<8} {c[PASSED]:>5} {c[FAILED]:>5} {c[ERROR]:>5} {c[SKIPPED]:>5}"
@@ -243,7 +277,7 @@ def main(argv=None) -> int:
                 rerun = run_child(info["python"], module, "wrapped",
                                   os.path.join(logdir, version, f"{module}.wrapped-rerun"), args.timeout, env,
                                   only=regress)["results"]
-            entries = modrep["regressions"] = []
+            entries = modrep["differences"] = []
             for t in regress:
                 w = wrapped.get(t, {"outcome": MISSING, "detail": None})
                 again = rerun.get(t, {}).get("outcome")
@@ -255,15 +289,28 @@ def main(argv=None) -> int:
                 else:
                     status, why = "REGRESSION", first_line(w.get("detail"))
                     problems.append(f"{t}: {w['outcome']} wrapped, passed plain")
-                entries.append({"test": t, "wrapped": w["outcome"], "rerun": again, "status": status,
+                entries.append({"test": t, "plain": PASSED, "wrapped": w["outcome"], "rerun": again, "status": status,
                                 "why": why, "detail": w.get("detail")})
-            modrep["improved"] = improved
+            plain_rerun = {}
+            if improved and not args.no_rerun:
+                plain_rerun = run_child(info["python"], module, "plain",
+                                        os.path.join(logdir, version, f"{module}.plain-rerun"), args.timeout, env,
+                                        only=improved)["results"]
+            for t in improved:
+                p = plain.get(t, {"outcome": MISSING})
+                again = plain_rerun.get(t, {}).get("outcome")
+                if again == PASSED:
+                    status, why = "flaky", "failed plain, passed plain when rerun alone"
+                else:
+                    # Wrapping changed an outcome the other way: as suspicious as a regression.
+                    status, why = "WRAPPED-ONLY PASS", first_line(p.get("detail"))
+                    problems.append(f"{t}: passed wrapped, {p['outcome']} plain")
+                entries.append({"test": t, "plain": p["outcome"], "wrapped": PASSED, "rerun": again,
+                                "status": status, "why": why, "detail": p.get("detail")})
             for e in entries:
                 print(f"   {e['status']:<10} {e['test']} [{e['wrapped']}]: {e['why']}")
-                if args.verbose and e["status"] == "REGRESSION" and e["detail"]:
+                if args.verbose and e["status"] not in ("expected", "flaky") and e["detail"]:
                     print("      | " + "\n      | ".join(e["detail"].strip().splitlines()[-25:]))
-            for t in improved:
-                print(f"   note: passes wrapped only: {t} (plain: {plain.get(t, {}).get('outcome', MISSING)})")
         ran_modules = {m for m in args.modules if not pyrep["modules"][m].get("absent")}
         stale = sorted(t for t in xfail if t not in used_xfail and t.split(".")[2] in ran_modules
                        and len(modes) == 2)
