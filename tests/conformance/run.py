@@ -328,6 +328,11 @@ def main(argv=None) -> int:
     report["ok"] = ok
     report["wall_s"] = round(time.monotonic() - wall0, 1)
     print(f"\nwall time {report['wall_s']}s; logs in {logdir}")
+    # The closing line CI reads: wrapped-mode passes, and regressions against plain.
+    n_passed = sum(len(rep.get("wrapped", {}).get("passed_tests", ()))
+                   for py in report.get("pythons", []) for rep in py.get("modules", {}).values())
+    n_failed = sum(len(py.get("problems", ())) for py in report.get("pythons", []))
+    print(f"conformance: {n_passed} passed, {n_failed} failed")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
