@@ -78,6 +78,13 @@ class TracedTransport:
         """The real transport."""
         return self._transport
 
+    def __delattr__(self, name: str) -> None:
+        if name in _OWN_SLOTS:
+            object.__delattr__(self, name)
+        else:
+            delattr(self._transport, name)
+            _note_restored_method(self, name)
+
 
 class _ForwardExplicit(TracedTransport):
     """Base of proxies whose class forwards every known name explicitly."""
@@ -95,13 +102,6 @@ class _ForwardExplicit(TracedTransport):
             type.__setattr__(getattr(cls, "_replaced_base", cls), name, _forward_attribute(name))
         else:
             _note_replaced_method(self, name)
-
-    def __delattr__(self, name: str) -> None:
-        if name in _OWN_SLOTS:
-            object.__delattr__(self, name)
-        else:
-            delattr(self._transport, name)
-            _note_restored_method(self, name)
 
 
 class _ForwardUnknown(TracedTransport):
@@ -122,13 +122,6 @@ class _ForwardUnknown(TracedTransport):
         else:
             setattr(self._transport, name, value)
             _note_replaced_method(self, name)
-
-    def __delattr__(self, name: str) -> None:
-        if name in _OWN_SLOTS:
-            object.__delattr__(self, name)
-        else:
-            delattr(self._transport, name)
-            _note_restored_method(self, name)
 
 
 # -- methods replaced through a proxy -------------------------------------------

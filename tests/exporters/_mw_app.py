@@ -8,6 +8,7 @@ it starts exporting to ``$TT_MW_DIR`` and traces every server transport as
 import os
 
 import traced_transport
+from _plain_app import make_app
 from exporters import multiworker
 
 if os.environ.get("TT_MW_MODE") != "sitecustomize":  # else tests/exporters/_mw_site/sitecustomize.py did it
@@ -16,23 +17,4 @@ if os.environ.get("TT_MW_MODE") != "sitecustomize":  # else tests/exporters/_mw_
     traced_transport.instrument(observer=worker.telemetry, server_name="http")
 
 
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    assert scope["type"] == "http"
-    size = 0
-    while True:
-        message = await receive()
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = f"{os.getpid()} {size}".encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+app = make_app(lambda size: f"{os.getpid()} {size}".encode())
