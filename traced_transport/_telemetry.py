@@ -24,6 +24,7 @@ from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord
 from ._registry import Registry, Totals, default_registry
 from ._safety import report
 
+_PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
 _VERSION = "0.1.0"
 
@@ -86,6 +87,9 @@ class Telemetry:
         self._cache_lock = threading.Lock()
         self._cached: Optional[tuple[float, dict]] = None
         self.tracer = trace.get_tracer(SCOPE, _VERSION, tracer_provider=tracer_provider)
+        # With the global providers and no SDK set up (yet), every span would be
+        # a no-op: skip start_span altogether until the app installs a provider.
+        self._global_tracer = tracer_provider is None
         meter = metrics.get_meter(SCOPE, _VERSION, meter_provider=meter_provider)
         self.meter = meter
         m = meter
@@ -198,7 +202,7 @@ class Telemetry:
 
     # -- Observer (event loop) ---------------------------------------------
     def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
-        if self.spans:
+        if self.spans and not (self._global_tracer and type(trace.get_tracer_provider()) is _PROXY_PROVIDER):
             key = rec.key
             # No attributes at start: the SDK validates every attribute it is
             # given, and the sampler has the span name (which carries
