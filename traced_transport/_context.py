@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 from opentelemetry import context as otel_context
 
-from . import _protocols
 
 _APP_CALLBACKS = (
     "_made", "connection_lost", "data_received", "eof_received",
@@ -48,5 +47,4 @@ def context_variant(cls: type) -> type:
             if method is not None and name in dir(cls):
                 ns[name] = _in_span_context(method)
         variant = _variants[cls] = type(f"InSpanContext{cls.__name__}", (cls,), ns)
-        _protocols.register_variant(variant, cls)
     return variant

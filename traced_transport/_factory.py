@@ -26,15 +26,7 @@ class TracedProtocolFactory:
         loop_cls = type(loop)
         if loop_cls not in _hooks._seen and loop is not None:
             _hooks.ensure(loop_cls)
-        group = self.group
-        cls = _protocols._class_cache.get((type(app), loop_cls))
-        if cls is None or group.parent_context:
-            cls = _protocols.wrapper_class_for(app, loop)
-            if group.parent_context:
-                from ._context import context_variant
-
-                cls = context_variant(cls)
-        return cls(app, ConnectionRecord(group))
+        return _protocols.wrap(app, ConnectionRecord(self.group), loop)
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"

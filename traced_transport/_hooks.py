@@ -10,9 +10,14 @@ proxy back to the loop. Left alone, asyncio would handle the proxy through its
 forwarded private attributes, but (1) uvloop's ``start_tls`` accepts only its
 own transport classes, (2) after ``start_tls`` the connection would be counted
 as ciphertext and (3) native sendfile bypasses ``write()`` so its bytes would
-not be counted. So, per loop class, the first time a traced connection is seen
-on it, these two methods are wrapped: for a proxy they do the work on the real
-transport and wrap again; for anything else they call the original directly.
+not be counted. For a proxy these hooks do the work on the real transport and
+wrap again. ``_make_ssl_transport`` (asyncio) and ``create_server(ssl=)``
+(uvloop) let us time TLS handshakes and see the failed ones.
+
+The hooks are installed when the package is imported (and for any other loop
+class the first time a traced factory runs on it), on the class that defines
+each method; for calls that involve nothing of ours they call the original
+straight away.
 """
 from __future__ import annotations
 
@@ -255,7 +260,7 @@ def _watch_handshake(rec, sock, waiter) -> None:
             if not failed:
                 if rec.opened_at and rec.tls_handshake_s is None:
                     rec.tls_handshake_s = elapsed
-                    _notify_tls(rec, rec.transport)
+                    rec.notify("on_tls", rec.transport, optional=True)
                 return
             if rec.opened_at == 0.0:
                 # Never reached the app: record the attempt as a connection
@@ -269,15 +274,6 @@ def _watch_handshake(rec, sock, waiter) -> None:
             report("tls handshake watch", exc)
 
     waiter.add_done_callback(done)
-
-
-def _notify_tls(rec, transport) -> None:
-    observer = rec.group.observer
-    if observer is not None and hasattr(observer, "on_tls"):
-        try:
-            observer.on_tls(rec, transport)
-        except Exception as err:  # noqa: BLE001
-            report("observer.on_tls", err)
 
 
 def _make_start_tls(original: Any, name: str = "start_tls") -> Any:
@@ -321,7 +317,7 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
         from ._extra import snapshot_extra
 
         rec.extra = snapshot_extra(upgraded)
-    _notify_tls(rec, app_transport)
+    rec.notify("on_tls", app_transport, optional=True)
     return upgraded
 
 

@@ -40,10 +40,7 @@ class _Wrapper:
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._rec.close(exc)
-        # Break proxy -> wrapper (see _detach), inline: this runs per connection.
-        proxy = self._proxy
-        if proxy is not None and proxy._wrapper is self:
-            proxy._wrapper = None
+        self._detach()
         self._app.connection_lost(exc)
 
     def _detach(self) -> None:
@@ -158,13 +155,6 @@ def _choose(app: Any, uvloop: bool) -> type:
         if hasattr(app, "pipe_data_received"):
             return SubprocessWrapper
     return PlainWrapper
-
-
-_base_of: dict[type, type] = {}
-
-
-def register_variant(variant: type, base: type) -> None:
-    _base_of[variant] = base
 
 
 def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:

@@ -207,12 +207,7 @@ class ConnectionRecord:
 
             self.extra = snapshot_extra(transport)
         self.group.registry._opened(self)
-        observer = self.group.observer
-        if observer is not None:
-            try:
-                observer.on_open(self, transport)
-            except Exception as exc:  # noqa: BLE001
-                report("observer.on_open", exc)
+        self.notify("on_open", transport)
 
     def close(self, exc: Optional[BaseException], reason: Optional[str] = None) -> None:
         """End the record once; later calls do nothing."""
@@ -244,12 +239,7 @@ class ConnectionRecord:
         self.closed_at = now
         self.transport = None
         self.group.registry._closed_record(self)
-        observer = self.group.observer
-        if observer is not None:
-            try:
-                observer.on_close(self, exc)
-            except Exception as err:  # noqa: BLE001
-                report("observer.on_close", err)
+        self.notify("on_close", exc)
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated
@@ -294,12 +284,20 @@ class ConnectionRecord:
             self._event("eof")
 
     def _event(self, name: str, seconds: Optional[float] = None) -> None:
+        self.notify("on_event", name, seconds)
+
+    def notify(self, hook: str, *args: Any, optional: bool = False) -> None:
+        """Call the observer's ``hook(self, *args)``; its failures never reach the app.
+
+        ``optional`` hooks (``on_tls``) may be missing; a missing required one is
+        reported like any other observer failure."""
         observer = self.group.observer
-        if observer is not None:
-            try:
-                observer.on_event(self, name, seconds)
-            except Exception as exc:  # noqa: BLE001
-                report("observer.on_event", exc)
+        if observer is None or (optional and not hasattr(observer, hook)):
+            return
+        try:
+            getattr(observer, hook)(self, *args)
+        except Exception as exc:  # noqa: BLE001
+            report(f"observer.{hook}", exc)
 
     def __repr__(self) -> str:
         return (

@@ -32,6 +32,17 @@ class Totals:
     write_paused_now: int = 0
     close_reasons: dict = field(default_factory=dict)
 
+    def add_counts(self, rec: ConnectionRecord) -> None:
+        """Add one record's byte and pause counts (closing it, or summing it while live)."""
+        self.rx += rec.rx
+        self.tx += rec.tx
+        rare = rec._rare  # None: no pause ever (most connections)
+        if rare is not None:
+            self.read_pauses += rare.read_pauses
+            self.write_pauses += rare.write_pauses
+            self.read_paused_s += rare.read_paused_s
+            self.write_paused_s += rare.write_paused_s
+
     def copy(self) -> "Totals":
         t = Totals(**{f.name: getattr(self, f.name) for f in fields(self)})
         t.close_reasons = dict(self.close_reasons)
@@ -55,15 +66,10 @@ class Snapshot:
             t = out.get(rec.key)
             if t is None:
                 t = out[rec.key] = Totals()
-            t.rx += rec.rx
-            t.tx += rec.tx
+            t.add_counts(rec)
             t.active += 1
-            rare = rec._rare  # None: no pause ever (most connections)
+            rare = rec._rare
             if rare is not None:
-                t.read_pauses += rare.read_pauses
-                t.write_pauses += rare.write_pauses
-                t.read_paused_s += rare.read_paused_s
-                t.write_paused_s += rare.write_paused_s
                 if rare.read_paused_since is not None:
                     t.read_paused_now += 1
                 if rare.write_paused_since is not None:
@@ -113,14 +119,7 @@ class Registry:
             rec._prev = rec._next = None
             t = self._closed[rec.key]
             t.closed += 1
-            t.rx += rec.rx
-            t.tx += rec.tx
-            rare = rec._rare
-            if rare is not None:
-                t.read_pauses += rare.read_pauses
-                t.write_pauses += rare.write_pauses
-                t.read_paused_s += rare.read_paused_s
-                t.write_paused_s += rare.write_paused_s
+            t.add_counts(rec)
             reason = rec.close_reason
             t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
 

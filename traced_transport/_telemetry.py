@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ._attributes import metric_attributes, span_attributes, tls_attributes
 from ._classify import ConnKey
 from ._extra import snapshot_extra
-from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord
+from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
 from ._registry import Registry, Totals, default_registry
 from ._safety import report
 
@@ -141,8 +141,6 @@ class Telemetry:
     def _totals(self) -> dict:
         # One registry pass per collection: the callbacks of one collection run
         # back to back, so a result younger than 50 ms is reused.
-        from ._record import monotonic
-
         with self._cache_lock:
             cached = self._cached
             now = monotonic()
