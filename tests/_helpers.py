@@ -4,43 +4,60 @@ from __future__ import annotations
 import asyncio
 
 
-class Collect(asyncio.Protocol):
-    """Collects what it receives; events for made / eof / lost."""
+class _Received:
+    """What both collecting protocols share: the connection's events, and waiting for N bytes."""
 
-    def __init__(self, echo: bool = False, close_on_eof: bool = True):
+    def _init_received(self) -> None:
         loop = asyncio.get_running_loop()
-        self.echo = echo
-        self.close_on_eof = close_on_eof
         self.transport = None
         self.data = bytearray()
         self.made = loop.create_future()
         self.lost = loop.create_future()
-        self.eof = loop.create_future()
-        self.paused = 0
-        self.resumed = 0
-        self.resumed_event = asyncio.Event()
-        self.paused_event = asyncio.Event()
         self.waiters: list[tuple[int, asyncio.Future]] = []
 
     def connection_made(self, transport):
         self.transport = transport
         self.made.set_result(transport)
 
-    def data_received(self, data):
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def _received(self, data) -> None:
         self.data += data
-        if self.echo:
-            self.transport.write(data)
         for n, fut in list(self.waiters):
             if len(self.data) >= n and not fut.done():
                 fut.set_result(None)
 
+    async def wait_bytes(self, n: int) -> None:
+        if len(self.data) >= n:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append((n, fut))
+        await asyncio.wait_for(fut, 15)
+
+
+class Collect(_Received, asyncio.Protocol):
+    """Collects what it receives; events for made / eof / lost."""
+
+    def __init__(self, echo: bool = False, close_on_eof: bool = True):
+        self._init_received()
+        self.echo = echo
+        self.close_on_eof = close_on_eof
+        self.eof = asyncio.get_running_loop().create_future()
+        self.paused = 0
+        self.resumed = 0
+        self.resumed_event = asyncio.Event()
+        self.paused_event = asyncio.Event()
+
+    def data_received(self, data):
+        self._received(data)
+        if self.echo:
+            self.transport.write(data)
+
     def eof_received(self):
         self.eof.set_result(None)
         return None if self.close_on_eof else True
-
-    def connection_lost(self, exc):
-        if not self.lost.done():
-            self.lost.set_result(exc)
 
     def pause_writing(self):
         self.paused += 1
@@ -50,55 +67,25 @@ class Collect(asyncio.Protocol):
         self.resumed += 1
         self.resumed_event.set()
 
-    async def wait_bytes(self, n: int) -> None:
-        if len(self.data) >= n:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append((n, fut))
-        await asyncio.wait_for(fut, 15)
 
-
-class BufferedCollect(asyncio.BufferedProtocol):
+class BufferedCollect(_Received, asyncio.BufferedProtocol):
     """A BufferedProtocol with one fixed buffer, to check no copy is made."""
 
     def __init__(self, size: int = 4096):
-        loop = asyncio.get_running_loop()
+        self._init_received()
         self.buffer = bytearray(size)
         self.view = memoryview(self.buffer)
-        self.data = bytearray()
         self.buffers_handed: set[int] = set()
-        self.transport = None
-        self.made = loop.create_future()
-        self.lost = loop.create_future()
-        self.waiters: list[tuple[int, asyncio.Future]] = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.made.set_result(transport)
 
     def get_buffer(self, sizehint):
         self.buffers_handed.add(id(self.view))
         return self.view
 
     def buffer_updated(self, nbytes):
-        self.data += self.buffer[:nbytes]
-        for n, fut in list(self.waiters):
-            if len(self.data) >= n and not fut.done():
-                fut.set_result(None)
+        self._received(self.buffer[:nbytes])
 
     def eof_received(self):
         return None
-
-    def connection_lost(self, exc):
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    async def wait_bytes(self, n: int) -> None:
-        if len(self.data) >= n:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append((n, fut))
-        await asyncio.wait_for(fut, 15)
 
 
 def _same(factory):

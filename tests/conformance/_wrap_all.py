@@ -44,13 +44,6 @@ stats = {"hook_calls": 0, "wrapped_factories": 0}
 patched: list[tuple[str, str]] = []
 
 
-def _owner(cls: type, name: str):
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return klass
-    return None
-
-
 def _wrap(factory, side: str):
     # Leave alone what traced() would reject up front (None, a non-callable):
     # the tests check asyncio's own error for those, and traced()'s argument
@@ -80,7 +73,7 @@ def install() -> None:
     owners: list[type] = []
     for cls in (base_events.BaseEventLoop, asyncio.SelectorEventLoop):
         for name in METHODS:
-            owner = _owner(cls, name)
+            owner = _hooks._definer(cls, name)
             if owner is None or owner is events.AbstractEventLoop:
                 continue
             original = vars(owner)[name]

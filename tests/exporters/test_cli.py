@@ -34,6 +34,13 @@ def _log(path):
     return f
 
 
+def _url_in(log, pattern: str) -> tuple:
+    """(found, URL): the URL a process printed to its log."""
+    log.seek(0)
+    m = re.search(pattern, log.read())
+    return bool(m), m.group(1) if m else None
+
+
 def scrape(url: str) -> dict:
     return samples(urllib.request.urlopen(url, timeout=5).read().decode())
 
@@ -88,12 +95,7 @@ def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
          sys.executable, "-m", "uvicorn", "_plain_app:app", "--port", str(port), "--workers", "2", "--no-access-log"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
     try:
-        def metrics_url():
-            log.seek(0)
-            m = re.search(r"metrics at (http://\S+)", log.read())
-            return bool(m), m.group(1) if m else None
-
-        url = wait_for(metrics_url, 20, "the metrics URL")
+        url = wait_for(lambda: _url_in(log, r"metrics at (http://\S+)"), 20, "the metrics URL")
         wait_listening(port, proc)
         sent, received = http_load(port, 30)
 
@@ -154,12 +156,7 @@ def test_demo_brings_up_the_endpoint_and_moves_every_metric(tmp_path):
         [os.path.join(BIN, "traced-transport"), "demo", "--metrics-port", "0", "--duration", "60", "--interval", "1",
          "--concurrency", "8"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        def metrics_url():
-            log.seek(0)
-            m = re.search(r"metrics\s+(http://\S+)", log.read())
-            return bool(m), m.group(1) if m else None
-
-        url = wait_for(metrics_url, 30, "the demo's metrics URL")
+        url = wait_for(lambda: _url_in(log, r"metrics\s+(http://\S+)"), 30, "the demo's metrics URL")
 
         def everything_moved():
             p = scrape(url)
