@@ -144,8 +144,11 @@ def _plan(env: Mapping[str, str]) -> dict[str, list[str]]:
     return plan
 
 
-def otlp_components(resource: Optional[Any] = None) -> tuple[list, list]:
+def otlp_components(resource: Optional[Any] = None, *, metrics: bool = True, traces: bool = True) -> tuple[list, list]:
     """``([metric readers], [span processors])`` configured from the ``OTEL_*`` environment.
+
+    ``metrics=False`` / ``traces=False`` leave that signal out: nothing of it is
+    built (a reader nobody attaches would still run its export thread).
 
     Metrics: one ``PeriodicExportingMetricReader`` per exporter (it starts its
     export thread now, so attach the readers to a ``MeterProvider`` and shut it
@@ -161,6 +164,10 @@ def otlp_components(resource: Optional[Any] = None) -> tuple[list, list]:
     if _sdk_disabled(env):
         return [], []
     plan = _plan(env)
+    if not metrics:
+        plan["metrics"] = []
+    if not traces:
+        plan["traces"] = []
     # Import everything first: a missing package must not leave a reader thread running.
     reader_cls = _import("opentelemetry.sdk.metrics.export", "PeriodicExportingMetricReader") if plan["metrics"] else None
     processor_cls = _import("opentelemetry.sdk.trace.export", "BatchSpanProcessor") if plan["traces"] else None

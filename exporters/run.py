@@ -115,18 +115,19 @@ def start_in_child(directory: str) -> None:
 
 
 def _tracer_provider_from_env() -> Any:
-    """Spans over OTLP when the OTEL_* variables ask for it; None otherwise."""
-    try:
-        from . import otlp
-    except ImportError:
-        return None
-    if not otlp.otlp_enabled():
-        return None
-    from opentelemetry.sdk.resources import Resource
+    """Spans over OTLP when the OTEL_* variables ask for it; None otherwise.
+
+    Metrics go through the worker files to the parent's endpoint, so only the
+    span side of OTLP is built here.
+    """
     from opentelemetry.sdk.trace import TracerProvider
 
-    resource = Resource.create()
-    _, processors = otlp.otlp_components(resource)
+    from . import sdk
+
+    resource = sdk.make_resource()
+    _, processors, enabled = sdk._otlp_parts(None, resource, metrics=False)
+    if not enabled:
+        return None
     provider = TracerProvider(resource=resource)
     for processor in processors:
         provider.add_span_processor(processor)

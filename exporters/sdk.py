@@ -146,7 +146,8 @@ def _otlp_wanted(otlp: Optional[bool], env: Mapping[str, str]) -> bool:
     return otlp_enabled(env)
 
 
-def _otlp_parts(otlp: Optional[bool], resource: Any) -> tuple[list, list, bool]:
+def _otlp_parts(otlp: Optional[bool], resource: Any, *, metrics: bool = True,
+                traces: bool = True) -> tuple[list, list, bool]:
     if not _otlp_wanted(otlp, os.environ):
         return [], [], False
     try:
@@ -157,7 +158,7 @@ def _otlp_parts(otlp: Optional[bool], resource: Any) -> tuple[list, list, bool]:
         logger.warning("exporters.sdk: OTLP export asked for, but exporters.otlp is not available; skipped")
         return [], [], False
     try:
-        readers, processors = module.otlp_components(resource)
+        readers, processors = module.otlp_components(resource, metrics=metrics, traces=traces)
     except ImportError as exc:
         if otlp:  # asked for in code: say so loudly
             raise
@@ -223,7 +224,7 @@ def setup(
     from opentelemetry.sdk.trace import TracerProvider
 
     resource = make_resource(service_name, resource_attributes)
-    otlp_readers, otlp_processors, otlp_on = _otlp_parts(otlp, resource)
+    otlp_readers, otlp_processors, otlp_on = _otlp_parts(otlp, resource, metrics=metrics, traces=traces)
 
     meter_provider = tracer_provider = prom_registry = collector = scrape = None
     try:
@@ -234,16 +235,10 @@ def setup(
             reader, collector = prometheus_reader(prom_registry, scope_labels=scope_labels)
             meter_provider = MeterProvider(metric_readers=[reader, *otlp_readers], resource=resource,
                                            shutdown_on_exit=False)  # Setup's own atexit hook does it
-        else:
-            for r in otlp_readers:
-                _quietly("unused OTLP reader shutdown", r.shutdown)
         if traces:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             for p in otlp_processors:
                 tracer_provider.add_span_processor(p)
-        else:
-            for p in otlp_processors:
-                _quietly("unused span processor shutdown", p.shutdown)
         if endpoint and prom_registry is not None:
             scrape = ScrapeEndpoint(prom_registry, host=metrics_host, port=metrics_port, certfile=certfile,
                                     keyfile=keyfile, client_cafile=client_cafile, basic_auth=basic_auth).start()
