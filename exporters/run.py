@@ -106,11 +106,15 @@ def main(args: argparse.Namespace) -> int:
 
 def start_in_child(directory: str) -> None:
     """Called by the sitecustomize in every process of the command."""
+    import traced_transport
+
     from . import multiworker
 
     server_name, client_name, pipes, interval = (os.environ.get(_ENV_OPTIONS, "") + "|||").split("|")[:4]
     tracer_provider = _tracer_provider_from_env()
     worker = multiworker.start_worker(directory, interval=float(interval or 1.0), tracer_provider=tracer_provider)
+    # traced() with the defaults (the framework helpers, e.g. --http traced_transport.uvicorn:h11) too
+    traced_transport.set_default_telemetry(worker.telemetry)
     worker.instrument(server_name=server_name or "server", client_name=client_name or "client", pipes=bool(pipes))
 
 

@@ -7,7 +7,7 @@ record, kept in a thread-safe registry.
 """
 from ._classify import ConnKey
 from ._factory import TracedProtocolFactory, traced
-from ._instrument import instrument, is_instrumented, uninstrument
+from ._instrument import instrument, is_instrumented, tracing, uninstrument
 from ._proxy import TracedTransport, is_proxy, unwrap
 from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, Snapshot, Totals, default_registry
@@ -50,6 +50,7 @@ __all__ = [
     "start_server",
     "start_unix_server",
     "traced",
+    "tracing",
     "uninstrument",
     "unwrap",
 ]

@@ -22,6 +22,7 @@ straight away.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import ssl
 import sys
@@ -56,6 +57,9 @@ _PAIR_RETURNING = frozenset(_FACTORY_TAKING) - {"create_server", "create_unix_se
 # Set by instrument(): wraps the factories of loop calls that the app did not
 # wrap itself. None when not instrumenting.
 auto: Any = None
+# Set by tracing(): the same, for the loop calls made in one context (task)
+# only; consulted before ``auto``.
+scope: contextvars.ContextVar = contextvars.ContextVar("traced_transport_scope", default=None)
 
 
 def ensure_for_running_loop() -> None:
@@ -149,6 +153,9 @@ def _make_factory_taking(original: Any, name: str) -> Any:
 
     @functools.wraps(original)
     async def method(self, *args, **kwargs):
+        scoped = scope.get()
+        if scoped is not None:
+            args, kwargs = scoped.wrap_call(name, side, args, kwargs)
         instrumenting = auto
         if instrumenting is not None:
             args, kwargs = instrumenting.wrap_call(name, side, args, kwargs)

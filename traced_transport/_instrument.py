@@ -7,9 +7,10 @@ itself goes through ``traced()``. ``uninstrument()`` removes every hook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import threading
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from . import _hooks
 from ._factory import TracedProtocolFactory, traced
@@ -28,7 +29,7 @@ _lock = threading.Lock()
 class _Auto:
     """What instrument() was asked for; consulted by the loop hooks on each call."""
 
-    def __init__(self, server_name: str, client_name: str, pipes: bool,
+    def __init__(self, server_name: Optional[str], client_name: Optional[str], pipes: bool,
                  observer: Optional[Observer], registry: Optional[Registry]) -> None:
         self.server_name = server_name
         self.client_name = client_name
@@ -57,6 +58,8 @@ class _Auto:
         if side is None:  # a datagram endpoint: a client when it has a remote address
             remote = kwargs.get("remote_addr", rest[1] if len(rest) > 1 else None)
             side = "client" if remote is not None else "server"
+        if (self.server_name if side == "server" else self.client_name) is None:
+            return args, kwargs  # tracing() asked for the other side only
         wrapped = self._factory(factory, side)
         if args:
             return (wrapped,) + rest, kwargs
@@ -97,6 +100,35 @@ def instrument(
             uvloop = None
         if uvloop is not None:
             _hooks.ensure(uvloop.Loop)
+
+
+@contextlib.contextmanager
+def tracing(
+    *,
+    server_name: Optional[str] = None,
+    client_name: Optional[str] = None,
+    pipes: bool = False,
+    observer: Optional[Observer] = None,
+    registry: Optional[Registry] = None,
+) -> Iterator[None]:
+    """``instrument()`` for the loop calls made inside this block (this task) only.
+
+    Servers created inside the block are traced as ``server_name``, outgoing
+    connections as ``client_name``; a side whose name is None is left alone.
+    The scope is a context variable, so it follows the code inside the block
+    across ``await`` and into the tasks created there (a server's connection
+    handlers included, when ``client_name`` is set). It is how the framework
+    helpers (``traced_transport.hypercorn``, ``.websockets``, ``.aiohttp``)
+    reach protocol factories that the framework creates internally.
+    Factories already wrapped with ``traced()`` are left as they are, and
+    inside the block the scope wins over ``instrument()``.
+    """
+    _hooks.ensure_known_loops()
+    token = _hooks.scope.set(_Auto(server_name, client_name, pipes, observer, registry))
+    try:
+        yield
+    finally:
+        _hooks.scope.reset(token)
 
 
 def uninstrument() -> None:
