@@ -6,7 +6,7 @@ bytes, flow-control transitions and lifecycle into a plain per-connection
 record, kept in a thread-safe registry.
 """
 from ._classify import ConnKey
-from ._factory import TracedProtocolFactory, traced
+from ._factory import TracedProtocolFactory, set_max_transport_names, traced, transport_names
 from ._instrument import instrument, is_instrumented, tracing, uninstrument
 from ._proxy import TracedTransport, is_proxy, unwrap
 from ._record import ConnectionRecord, Group, Observer
@@ -47,10 +47,12 @@ __all__ = [
     "open_connection",
     "open_unix_connection",
     "set_default_telemetry",
+    "set_max_transport_names",
     "start_server",
     "start_unix_server",
     "traced",
     "tracing",
+    "transport_names",
     "uninstrument",
     "unwrap",
 ]

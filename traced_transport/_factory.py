@@ -1,6 +1,9 @@
 """``traced()``: wrap a protocol factory so every connection it serves is recorded."""
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from asyncio.events import _get_running_loop
 from typing import Any, Callable, Optional
 
@@ -9,6 +12,71 @@ from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, default_registry
 
 SIDES = ("server", "client")
+
+# ``name`` is a metric label: every distinct value is another set of series in
+# every backend. A few per process is the intended use (one per listener or
+# client pool); thousands mean a per-request or per-peer value slipped in. The
+# cap turns that misuse into an error at the traced() call, not into a metrics
+# bill. Names already seen are always accepted.
+DEFAULT_MAX_NAMES = 100
+MAX_NAMES_ENV = "TRACED_TRANSPORT_MAX_NAMES"
+_names_lock = threading.Lock()
+_names: set[str] = set()
+
+
+def _cap_from_env() -> int:
+    raw = os.environ.get(MAX_NAMES_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_NAMES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        # Not worth failing the app's import over: say so and keep the default.
+        logging.getLogger("traced_transport").warning(
+            "%s must be a positive integer, got %r: using %d", MAX_NAMES_ENV, raw, DEFAULT_MAX_NAMES)
+        return DEFAULT_MAX_NAMES
+    return value
+
+
+_max_names = _cap_from_env()
+
+
+def set_max_transport_names(limit: int) -> int:
+    """Allow at most ``limit`` distinct ``transport.name`` values in this process; returns the previous limit.
+
+    The default is 100, or the ``TRACED_TRANSPORT_MAX_NAMES`` environment variable.
+    Lowering it below the number of names already in use only refuses new ones.
+    """
+    global _max_names
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"the limit must be a positive integer, got {limit!r}")
+    with _names_lock:
+        previous, _max_names = _max_names, limit
+    return previous
+
+
+def transport_names() -> frozenset:
+    """The distinct ``transport.name`` values ``traced()`` has accepted so far."""
+    with _names_lock:
+        return frozenset(_names)
+
+
+def _admit_name(name: str) -> None:
+    if name in _names:  # the common case, without the lock (set reads are atomic)
+        return
+    with _names_lock:
+        if name in _names:
+            return
+        if len(_names) >= _max_names:
+            raise ValueError(
+                f"traced(name={name!r}) would be distinct transport.name number {len(_names) + 1}, over the "
+                f"limit of {_max_names}. transport.name is a metric label: use a constant per listener or "
+                f"client pool, never a per-connection, per-peer or per-request value. If you really need "
+                f"more names, raise the limit with traced_transport.set_max_transport_names(n) or the "
+                f"{MAX_NAMES_ENV} environment variable.")
+        _names.add(name)
 
 
 class TracedProtocolFactory:
@@ -53,6 +121,9 @@ def traced(
     keeps a snapshot of ``get_extra_info`` (peer, TLS, certificate) in each
     record's ``extra``; it is off by default because it costs memory and time
     per connection.
+
+    At most 100 distinct names are accepted per process (see
+    :func:`set_max_transport_names`); one more raises ``ValueError``.
     """
     if not callable(protocol_factory):
         raise TypeError(f"protocol_factory must be callable, got {protocol_factory!r}")
@@ -60,6 +131,7 @@ def traced(
         raise ValueError(f"side must be 'server' or 'client', got {side!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+    _admit_name(name)
     _hooks.ensure_known_loops()
     if observer is None and registry is None:
         # The default: OpenTelemetry through the global providers.
