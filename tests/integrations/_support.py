@@ -74,7 +74,7 @@ async def run_tool(*argv: str, stdin: bytes = b"", timeout: float = 30.0) -> tup
     return proc.returncode, out, err
 
 
-async def curl(curl_bin: str, *args: str) -> tuple[dict, bytes]:
+async def run_curl(curl_bin: str, *args: str) -> tuple[dict, bytes]:
     """Run curl; its own account of the bytes: request head, upload, response heads, body."""
     fmt = "%{size_request} %{size_upload} %{size_header} %{size_download} %{http_version} %{http_code}"
     code, out, err = await run_tool(curl_bin, "-sS", "-o", "/dev/null", "-w", fmt, *args)

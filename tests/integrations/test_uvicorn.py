@@ -15,7 +15,7 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn")
 
 import traced_transport.uvicorn as tt_uvicorn  # noqa: E402
-from _support import Otel, cert_sha256, closed_connections, curl, run_tool  # noqa: E402
+from _support import Otel, cert_sha256, closed_connections, run_curl, run_tool  # noqa: E402
 
 KINDS = ["h11", "httptools"]
 
@@ -62,14 +62,14 @@ async def serving(kind: str, otel: Otel, **config):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_curl_http11_bytes_equal_what_curl_carried(run, kind, curl_bin):
+def test_curl_http11_bytes_equal_what_curl_carried(run, kind, curl):
     otel = Otel()
 
     async def main():
         async with serving(kind, otel) as port:
-            up, _ = await curl(curl_bin, "--http1.1", "-H", "Expect:",
+            up, _ = await run_curl(curl, "--http1.1", "-H", "Expect:",
                                f"http://127.0.0.1:{port}/upload", "--data-binary", "y" * 50_000)
-            down, _ = await curl(curl_bin, "--http1.1", f"http://127.0.0.1:{port}/?n=300000")
+            down, _ = await run_curl(curl, "--http1.1", f"http://127.0.0.1:{port}/?n=300000")
             totals = await closed_connections(otel.registry, "api", 2)
         return up, down, totals
 
@@ -85,13 +85,8 @@ def test_curl_http11_bytes_equal_what_curl_carried(run, kind, curl_bin):
     otel.shutdown()
 
 
-@pytest.fixture(scope="session")
-def curl_bin(curl):
-    return curl
-
-
 @pytest.mark.parametrize("kind", KINDS)
-def test_tls_curl_and_openssl_versions_and_mtls(run, kind, curl_bin, openssl, certs):
+def test_tls_curl_and_openssl_versions_and_mtls(run, kind, curl, openssl, certs):
     otel = Otel()
     ctx_args = dict(ssl_certfile=certs.cert, ssl_keyfile=certs.key, ssl_ca_certs=certs.ca,
                     ssl_cert_reqs=1)  # ssl.CERT_OPTIONAL: a client certificate is asked for, not required
@@ -99,7 +94,7 @@ def test_tls_curl_and_openssl_versions_and_mtls(run, kind, curl_bin, openssl, ce
 
     async def main():
         async with serving(kind, otel, **ctx_args) as port:
-            got, _ = await curl(curl_bin, "--http1.1", "--cacert", certs.ca, f"https://localhost:{port}/?n=5000",
+            got, _ = await run_curl(curl, "--http1.1", "--cacert", certs.ca, f"https://localhost:{port}/?n=5000",
                                 "--resolve", f"localhost:{port}:127.0.0.1")
             replies = {}
             for version, extra in (("1.2", ["-tls1_2"]), ("1.3", ["-tls1_3", "-cert", certs.client])):
