@@ -48,7 +48,12 @@ def _setup_otel(sampled: bool, encode: bool = True):
         def shutdown(self):
             pass
 
-    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    reader = PrometheusMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    # As exporters.sdk.setup() does: the reader collects the loop-side histogram aggregates.
+    from exporters import histograms
+
+    histograms.attach(reader)
     provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
     provider.add_span_processor(BatchSpanProcessor(EncodeAndDrop()))
     trace.set_tracer_provider(provider)

@@ -493,6 +493,9 @@ def start_worker(
             meter_provider = MeterProvider(**kwargs)
         telemetry = traced_transport.Telemetry(
             registry, meter_provider=meter_provider, tracer_provider=tracer_provider, **telemetry_kwargs)
+        from .histograms import attach
+
+        attach(reader, telemetry)
         worker = WorkerExporter(directory, reader=reader, meter_provider=meter_provider, telemetry=telemetry,
                                 interval=interval, signals=signals)
         _active = worker

@@ -74,6 +74,8 @@ class Setup:
         self.global_tracer_provider = global_tracer_provider
         self.otlp = otlp
         self._collector = collector
+        self.metric_readers: list = []
+        self._attached: list = []
         self._lock = threading.Lock()
         self._shut = False
         atexit.register(self.shutdown)
@@ -82,6 +84,22 @@ class Setup:
     def url(self) -> Optional[str]:
         return self.endpoint.url if self.endpoint is not None else None
 
+    def attach(self, telemetry: Any = None) -> None:
+        """Let every reader built here collect ``telemetry``'s histograms directly (see ``exporters.histograms``).
+
+        ``setup()`` does it for the default Telemetry when its provider became the
+        global one; call it for a ``Telemetry(meter_provider=setup.meter_provider)`` of your own.
+        """
+        from . import histograms
+
+        if telemetry is None:
+            from traced_transport import default_telemetry
+
+            telemetry = default_telemetry()
+        for reader in self.metric_readers:
+            histograms.attach(reader, telemetry)
+        self._attached.append(telemetry)
+
     def shutdown(self) -> None:
         """Idempotent. Global providers stay registered (the API cannot unset them), shut down."""
         with self._lock:
@@ -89,6 +107,12 @@ class Setup:
                 return
             self._shut = True
         atexit.unregister(self.shutdown)
+        if self._attached:
+            from . import histograms
+
+            for telemetry in self._attached:
+                for reader in self.metric_readers:
+                    _quietly("detach histograms", histograms.detach, reader, telemetry)
         if self.endpoint is not None:
             _quietly("scrape endpoint stop", self.endpoint.stop)
         if self.prometheus_registry is not None and self._collector is not None:
@@ -255,6 +279,12 @@ def setup(
             global_meter = _set_global("metrics", meter_provider)
         if tracer_provider is not None:
             global_tracer = _set_global("traces", tracer_provider)
-    return Setup(resource=resource, meter_provider=meter_provider, tracer_provider=tracer_provider,
-                 endpoint=scrape, prometheus_registry=prom_registry, collector=collector,
-                 global_meter_provider=global_meter, global_tracer_provider=global_tracer, otlp=otlp_on)
+    built = Setup(resource=resource, meter_provider=meter_provider, tracer_provider=tracer_provider,
+                  endpoint=scrape, prometheus_registry=prom_registry, collector=collector,
+                  global_meter_provider=global_meter, global_tracer_provider=global_tracer, otlp=otlp_on)
+    built.metric_readers = [reader, *otlp_readers] if meter_provider is not None else []
+    if global_meter:
+        # traced() with no observer records into the default Telemetry, over the
+        # global provider, which is now ours: its histograms go to our readers directly.
+        built.attach()
+    return built

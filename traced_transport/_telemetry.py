@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ._attributes import metric_attributes, span_attributes, tls_attributes
 from ._classify import ConnKey
 from ._extra import snapshot_extra
+from ._histogram import HistogramAggregate
 from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
 from ._registry import Registry, Totals, default_registry
 from ._safety import report
@@ -112,18 +113,40 @@ class Telemetry:
         m.create_observable_gauge(
             "transport.write_buffer.size", [self._observe_write_buffer], "By",
             "Bytes buffered for sending, summed over open connections")
-        self._duration = m.create_histogram(
-            "transport.connection.duration", "s", "Connection duration, recorded at close",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self._read_pause = m.create_histogram(
-            "transport.reading.pause.duration", "s", "Length of each completed reading pause",
-            explicit_bucket_boundaries_advisory=PAUSE_BUCKETS)
-        self._write_pause = m.create_histogram(
-            "transport.writing.pause.duration", "s", "Length of each completed writing pause",
-            explicit_bucket_boundaries_advisory=PAUSE_BUCKETS)
-        self._handshake = m.create_histogram(
-            "transport.tls.handshake.duration", "s", "TLS handshake duration, where the library sees it",
-            explicit_bucket_boundaries_advisory=HANDSHAKE_BUCKETS)
+        # Histograms are aggregated here, on the loop (see _histogram); the API
+        # instruments receive the values too until a reader takes the
+        # aggregates directly (exporters.histograms.attach).
+        self.histograms: dict[str, HistogramAggregate] = {}
+        self._duration = self._histogram(
+            m, "transport.connection.duration", "Connection duration, recorded at close", DURATION_BUCKETS)
+        self._read_pause = self._histogram(
+            m, "transport.reading.pause.duration", "Length of each completed reading pause", PAUSE_BUCKETS)
+        self._write_pause = self._histogram(
+            m, "transport.writing.pause.duration", "Length of each completed writing pause", PAUSE_BUCKETS)
+        self._handshake = self._histogram(
+            m, "transport.tls.handshake.duration", "TLS handshake duration, where the library sees it",
+            HANDSHAKE_BUCKETS)
+        self._api_histograms = True
+        self._histogram_readers = 0
+        self.scope_name, self.scope_version = SCOPE, _VERSION
+
+    def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
+        aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
+        instrument = meter.create_histogram(name, "s", description, explicit_bucket_boundaries_advisory=bounds)
+        return instrument, aggregate
+
+    def histogram_reader(self, attached: bool) -> None:
+        """A reader that collects ``self.histograms`` itself was attached (or detached).
+
+        Called by ``exporters.histograms``. While at least one is attached, a
+        connection's end costs a bisect instead of an SDK ``record()``. Values
+        still pending are dropped then: the aggregates hold them already.
+        """
+        with self._cache_lock:
+            self._histogram_readers += 1 if attached else -1
+            self._api_histograms = self._histogram_readers <= 0
+            if not self._api_histograms:
+                self._pending.clear()
 
     # -- attributes ----------------------------------------------------------
     def _span_name(self, name: str) -> str:
@@ -150,11 +173,15 @@ class Telemetry:
             self._cached = (now, totals)
             return totals
 
-    def _defer(self, histogram: Any, value: float, attributes: dict) -> None:
-        pending = self._pending
-        pending.append((histogram, value, attributes))
-        if len(pending) > self.max_pending:
-            self.flush()
+    def _record(self, histogram: tuple, value: float, key: ConnKey, error_type: Optional[str] = None) -> None:
+        attributes = self.attributes(key, error_type)
+        instrument, aggregate = histogram
+        aggregate.record(value, (key, error_type), attributes)
+        if self._api_histograms:
+            pending = self._pending
+            pending.append((instrument, value, attributes))
+            if len(pending) > self.max_pending:
+                self.flush()
 
     def flush(self) -> None:
         """Hand pending histogram values to the SDK (thread-safe; collections call it)."""
@@ -221,8 +248,7 @@ class Telemetry:
 
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
         if seconds is not None:
-            hist = self._read_pause if name.startswith("reading") else self._write_pause
-            self._defer(hist, seconds, self.attributes(rec.key))
+            self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
         state = rec.state
         if isinstance(state, _SpanState):
             if state.events < self.max_span_events:
@@ -234,7 +260,7 @@ class Telemetry:
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
-            self._defer(self._handshake, rec.tls_handshake_s, self.attributes(rec.key))
+            self._record(self._handshake, rec.tls_handshake_s, rec.key)
         state = rec.state
         if isinstance(state, _SpanState):
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
@@ -243,9 +269,9 @@ class Telemetry:
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         key = rec.key
         duration = rec.closed_at - rec.opened_at
-        self._defer(self._duration, duration, self.attributes(key, rec.error_type))
+        self._record(self._duration, duration, key, rec.error_type)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._defer(self._handshake, rec.tls_handshake_s, self.attributes(key, TLS_FAILED))
+            self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
         state = rec.state
         if isinstance(state, _SpanState):
             rec.state = None
