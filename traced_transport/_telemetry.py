@@ -225,9 +225,19 @@ class Telemetry:
             report("metrics callback write_buffer", exc)
             return []
 
+    def _global_tracer_set(self) -> bool:
+        """Whether the app has installed a global tracer provider (then: forever)."""
+        if type(trace.get_tracer_provider()) is _PROXY_PROVIDER:
+            return False
+        # The API sets the global provider once, so ask no more; and take the real
+        # tracer instead of the proxy, one call layer less per span.
+        self._global_tracer = False
+        self.tracer = trace.get_tracer(SCOPE, _VERSION)
+        return True
+
     # -- Observer (event loop) ---------------------------------------------
     def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
-        if self.spans and not (self._global_tracer and type(trace.get_tracer_provider()) is _PROXY_PROVIDER):
+        if self.spans and (not self._global_tracer or self._global_tracer_set()):
             key = rec.key
             # No attributes at start: the SDK validates every attribute it is
             # given, and the sampler has the span name (which carries
