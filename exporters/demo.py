@@ -50,7 +50,8 @@ class Endpoints:
     metrics_url: Optional[str]
 
 
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """(server, client, client that stops at TLS 1.2): so the TLS version breakdown has two versions."""
     import trustme
 
     ca = trustme.CA()
@@ -58,7 +59,10 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    return server, client
+    client12 = ssl.create_default_context()
+    ca.configure_trust(client12)
+    client12.maximum_version = ssl.TLSVersion.TLSv1_2
+    return server, client, client12
 
 
 def http_app() -> Any:
@@ -85,10 +89,12 @@ def http_app() -> Any:
 class Load:
     """The load generator: bounded concurrency, stops when told."""
 
-    def __init__(self, host: str, ends: Endpoints, client_ctx: ssl.SSLContext, concurrency: int, seed: int) -> None:
+    def __init__(self, host: str, ends: Endpoints, client_ctx: ssl.SSLContext, concurrency: int, seed: int,
+                 client_ctx_tls12: Optional[ssl.SSLContext] = None) -> None:
         self.host = host
         self.ends = ends
         self.client_ctx = client_ctx
+        self.client_ctx_tls12 = client_ctx_tls12 or client_ctx
         self.concurrency = concurrency
         self.rng = random.Random(seed)
         self.stop = asyncio.Event()
@@ -139,8 +145,10 @@ class Load:
         await writer.wait_closed()
 
     async def tls(self) -> None:
+        # Half the TLS clients stop at TLS 1.2, so connections by TLS version have two series.
+        ctx = self.client_ctx_tls12 if self.rng.random() < 0.5 else self.client_ctx
         reader, writer = await tt.open_connection(
-            self.host, self.ends.tls, name="tls-client", ssl=self.client_ctx, server_hostname="localhost")
+            self.host, self.ends.tls, name="tls-client", ssl=ctx, server_hostname="localhost")
         for _ in range(self.rng.randint(1, 10)):
             writer.write(b"t" * 1024)
             await reader.readexactly(1024)
@@ -222,7 +230,7 @@ async def run(args: argparse.Namespace) -> int:
         endpoint=args.metrics_port >= 0,
     )
     loop = asyncio.get_running_loop()
-    server_ctx, client_ctx = tls_contexts()
+    server_ctx, client_ctx, client_ctx_tls12 = tls_contexts()
     echo = await loop.create_server(tt.traced(BackpressureEcho, name="echo"), args.host, args.echo_port)
     tls = await loop.create_server(tt.traced(BackpressureEcho, name="tls-echo"), args.host, args.tls_port, ssl=server_ctx)
     runner = web.AppRunner(http_app(), access_log=None)
@@ -240,7 +248,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"  tls echo  tls://{args.host}:{ends.tls}", flush=True)
     print(f"  http      http://{args.host}:{ends.http}/", flush=True)
     print(f"  loop      {type(loop).__module__}.{type(loop).__name__}; Ctrl-C stops", flush=True)
-    load = Load(args.host, ends, client_ctx, args.concurrency, args.seed)
+    load = Load(args.host, ends, client_ctx, args.concurrency, args.seed, client_ctx_tls12)
     load_task = asyncio.create_task(load.run()) if args.concurrency > 0 else None
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError):
