@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-core test-conformance bench setup clean
+.PHONY: demo test test-core test-conformance bench setup clean dashboards dashboards-preview
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: $(STAMP)
 test-conformance: $(STAMP)
 	bash tests/conformance/setup_venvs.sh
 	timeout 900 $(PY) tests/conformance/run.py --all-pythons
+
+# Regenerate grafana/dashboards/*.json from grafana/generate.py (a test fails when they are out of date).
+dashboards: $(STAMP)
+	$(PY) grafana/generate.py
+
+# Re-plot grafana/preview.png from a real Prometheus scraping the demo (about 2 minutes).
+dashboards-preview: $(STAMP)
+	$(PY) -m pip install -q -e '.[preview]'
+	$(PY) grafana/render_preview.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/echo.py $(ARGS)
