@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian packages the tests need (prometheus gives prometheus and promtool).
+# Debian packages the tests need (prometheus gives prometheus and promtool; nghttp2-client gives nghttp).
 # Installs only what is missing; needs root (CI and the dev machines are root).
 set -euo pipefail
 need=()
@@ -7,6 +7,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
