@@ -9,7 +9,8 @@ import time
 import pytest
 
 import live  # grafana/live.py (conftest puts grafana/ on sys.path)
-from conftest import GRAFANA
+
+GRAFANA = live.HERE
 
 yaml = pytest.importorskip("yaml")
 
