@@ -208,9 +208,8 @@ ROWS = [
     ]),
     Row("TLS", [
         P("TLS connections by version",
-          "TLS connections opened per second by negotiated protocol version. The cipher suite is not a metric "
-          "label (it is the tls.cipher attribute of each connection's span), so there is no per-cipher split "
-          "here; see the README.",
+          "TLS connections opened per second by negotiated protocol version (connections upgraded with "
+          "start_tls keep their plain attributes: see the handshakes by cipher and version panel).",
           CONN_RATE, [per_name("rate", "transport_connection_opened_total",
                                f"{R}_tls_protocol_version:transport_connection_opened:rate5m",
                                extra='tls_protocol_version!=""', by="tls_protocol_version",
@@ -225,11 +224,18 @@ ROWS = [
           "cipher). The alert TracedTransportTLSHandshakeFailuresRising fires when they double.",
           "suffix: failures/s", [per_name("rate", "transport_tls_handshake_duration_seconds_count",
                                           f"{R}:transport_tls_handshake_failures:rate5m", extra='error_type!=""')]),
+        P("TLS handshakes by cipher and version",
+          "Successful TLS handshakes per second by negotiated cipher suite (IANA name) and protocol version, "
+          "from the tls.cipher and tls.protocol.version attributes of transport.tls.handshake.duration: "
+          "every TLS connection the library sees the handshake of, start_tls upgrades included.",
+          CONN_RATE, [per_name("rate", "transport_tls_handshake_duration_seconds_count", None,
+                               extra='error_type="", tls_cipher!=""', by="tls_cipher, tls_protocol_version",
+                               legend="{{tls_cipher}} (TLS {{tls_protocol_version}})")], width=12, stack=True),
         P("TLS handshake duration percentiles",
           "p50/p90/p99 of successful handshakes, from accept (or start_tls) to handshake done.",
           SECONDS, quantiles("transport_tls_handshake_duration_seconds",
                              f"{R}_le:transport_tls_handshake_duration_seconds_bucket:rate5m", "le, transport_name",
-                             extra='error_type=""'), width=24, min=None),
+                             extra='error_type=""'), width=12, min=None),
     ]),
     Row("Per instance", [
         P("Active connections per instance",

@@ -528,5 +528,44 @@ def test_tls_server_handshakes_measured_and_failures_counted(run, server_ctx, cl
     assert sum(p.count for p in failed) == 2
     handshakes = {a.get("error.type"): p.count for a, p, _ in m["transport.tls.handshake.duration"]}
     assert handshakes == {None: 1, "tls_handshake_failed": 2}
+    # The successful handshake carries its cipher (IANA name) and version: "TLS connections by cipher".
+    (ok,) = [a for a, p, _ in m["transport.tls.handshake.duration"] if "error.type" not in a]
+    assert ok["tls.cipher"].startswith("TLS_") and ok["tls.protocol.version"] in ("1.2", "1.3")
     spans = [s for s in otel.spans() if s.attributes.get("transport.close_reason") == "tls_handshake_failed"]
     assert len(spans) == 2 and all(s.status.status_code == StatusCode.ERROR for s in spans)
+
+
+def test_start_tls_handshake_metric_has_version_and_cipher(run, server_ctx, client_ctx):
+    """After start_tls the connection keeps its plain-TCP attributes; its handshake point names version and cipher."""
+    otel = Otel()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, s_app, c_tr, c_app = await tcp_pair(wrap_server=otel.server("up"))
+        s_new, c_new = await asyncio.gather(
+            loop.start_tls(s_app.transport, s_app, server_ctx, server_side=True),
+            loop.start_tls(c_tr, c_app, client_ctx, server_hostname="localhost"),
+        )
+        cipher = s_new.get_extra_info("cipher")[0]
+        c_new.close()
+        await s_app.lost
+        await closed(server)
+        return cipher
+
+    openssl_cipher = run(main)
+    m = otel.metrics()
+    ((attrs, point, _),) = m["transport.tls.handshake.duration"]
+    assert point.count == 1
+    assert attrs["tls.protocol.version"] in ("1.2", "1.3")
+    assert attrs["tls.cipher"] == tt._attributes.iana_cipher(openssl_cipher)
+    # The connection's own series stay as they opened: no TLS attributes.
+    assert all("tls.protocol.version" not in a for a, _, _ in m["transport.connection.duration"])
+
+
+def test_cipher_label_is_an_iana_name_or_other():
+    from traced_transport._attributes import safe_cipher_name
+
+    assert safe_cipher_name("ECDHE-RSA-AES128-GCM-SHA256") == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+    assert safe_cipher_name("TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"
+    for junk in ("", "x" * 65, "a b", "TLS_\u00e9", "x{y}"):
+        assert safe_cipher_name(junk) == "other"

@@ -38,6 +38,18 @@ def iana_cipher(openssl_name: str) -> str:
     return _OPENSSL_TO_IANA.get(openssl_name, openssl_name)
 
 
+_CIPHER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def safe_cipher_name(openssl_name: str) -> str:
+    """The IANA name, fit for a metric label: OpenSSL's suite names are a fixed, small
+    set, but anything that does not look like one becomes ``other``."""
+    name = iana_cipher(openssl_name)
+    if 0 < len(name) <= 64 and _CIPHER_CHARS.issuperset(name):
+        return name
+    return "other"
+
+
 def metric_attributes(key: ConnKey, error_type: Optional[str] = None) -> dict[str, Any]:
     attrs: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
     if key.network_transport:

@@ -17,8 +17,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._attributes import metric_attributes, span_attributes, tls_attributes
-from ._classify import ConnKey
+from ._attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
+from ._classify import ConnKey, tls_version_of
 from ._extra import snapshot_extra
 from ._histogram import HistogramAggregate
 from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
@@ -174,9 +174,11 @@ class Telemetry:
             return totals
 
     def _record(self, histogram: tuple, value: float, key: ConnKey, error_type: Optional[str] = None) -> None:
-        attributes = self.attributes(key, error_type)
+        self._record_with(histogram, value, (key, error_type), self.attributes(key, error_type))
+
+    def _record_with(self, histogram: tuple, value: float, cache_key: tuple, attributes: dict) -> None:
         instrument, aggregate = histogram
-        aggregate.record(value, (key, error_type), attributes)
+        aggregate.record(value, cache_key, attributes)
         if self._api_histograms:
             pending = self._pending
             pending.append((instrument, value, attributes))
@@ -270,11 +272,36 @@ class Telemetry:
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
-            self._record(self._handshake, rec.tls_handshake_s, rec.key)
+            self._record_handshake(rec, transport)
         state = rec.state
         if isinstance(state, _SpanState):
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
             state.span.set_attributes(tls_attributes(extra, certificate_subjects=self.certificate_subjects))
+
+    def _record_handshake(self, rec: ConnectionRecord, transport: Any) -> None:
+        # The negotiated cipher (and, after start_tls, the version the connection
+        # opened without) goes on the handshake histogram only: its count is "TLS
+        # connections by version and cipher", without multiplying every other series.
+        key = rec.key
+        cipher = version = None
+        try:
+            info = transport.get_extra_info("cipher")
+            if type(info) is tuple and info and type(info[0]) is str:
+                cipher = safe_cipher_name(info[0])
+            if key.tls_version is None:
+                version = tls_version_of(transport)
+        except Exception as exc:  # noqa: BLE001
+            report("handshake attributes", exc)
+        cache_key = (key, None, cipher, version)
+        attrs = self._attrs.get(cache_key)
+        if attrs is None:
+            attrs = dict(self.attributes(key))
+            if version:
+                attrs["tls.protocol.version"] = version
+            if cipher:
+                attrs["tls.cipher"] = cipher
+            self._attrs[cache_key] = attrs
+        self._record_with(self._handshake, rec.tls_handshake_s, cache_key, attrs)
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         key = rec.key
