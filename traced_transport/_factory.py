@@ -11,6 +11,8 @@ from . import _hooks, _protocols
 from ._record import ConnectionRecord, Group, Observer
 from ._registry import Registry, default_registry
 
+_class_cache = _protocols._class_cache
+
 SIDES = ("server", "client")
 
 # ``name`` is a metric label: every distinct value is another set of series in
@@ -94,7 +96,12 @@ class TracedProtocolFactory:
         loop_cls = type(loop)
         if loop_cls not in _hooks._seen and loop is not None:
             _hooks.ensure(loop_cls)
-        return _protocols.wrap(app, ConnectionRecord(self.group), loop)
+        group = self.group
+        # _protocols.wrap() inlined for the common case (runs once per connection).
+        cls = _class_cache.get((type(app), loop_cls))
+        if cls is None or group.parent_context:
+            return _protocols.wrap(app, ConnectionRecord(group), loop)
+        return cls(app, ConnectionRecord(group))
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"

@@ -195,19 +195,21 @@ class ConnectionRecord:
 
     def open(self, transport: Any) -> None:
         """``transport`` is the real transport; observers get it too."""
+        group = self.group
         self.opened_at = monotonic()
         self.transport = transport
         try:
-            self.key = conn_key(self.group, transport)
+            self.key = conn_key(group, transport)
         except Exception as exc:  # noqa: BLE001
             report("classify", exc)
-            self.key = conn_key(self.group, None)
-        if self.group.capture_extra:
+            self.key = conn_key(group, None)
+        if group.capture_extra:
             from ._extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
-        self.group.registry._opened(self)
-        self.notify("on_open", transport)
+        group.registry._opened(self)
+        if group.observer is not None:
+            self.notify("on_open", transport)
 
     def close(self, exc: Optional[BaseException], reason: Optional[str] = None) -> None:
         """End the record once; later calls do nothing."""
@@ -238,8 +240,10 @@ class ConnectionRecord:
             self.close_reason = CLOSED
         self.closed_at = now
         self.transport = None
-        self.group.registry._closed_record(self)
-        self.notify("on_close", exc)
+        group = self.group
+        group.registry._closed_record(self)
+        if group.observer is not None:
+            self.notify("on_close", exc)
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated
@@ -281,7 +285,8 @@ class ConnectionRecord:
     def eof_received(self) -> None:
         if not self._flags & _EOF:
             self._flags |= _EOF
-            self._event("eof")
+            if self.group.observer is not None:
+                self.notify("on_event", "eof", None)
 
     def _event(self, name: str, seconds: Optional[float] = None) -> None:
         self.notify("on_event", name, seconds)
