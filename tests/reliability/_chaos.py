@@ -420,6 +420,70 @@ EXPECTED_REASONS = {
 }
 
 
+def telemetry_stack() -> tuple:
+    """``(telemetry, registry, reader, processor)``: a Telemetry over the real SDK.
+
+    Metrics go to an ``InMemoryMetricReader``; every span is sampled and ends in a processor that
+    only counts starts and ends (keeping the spans would grow memory with the run).
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    class CountingProcessor(SpanProcessor):
+        def __init__(self) -> None:
+            self.started = self.ended = 0
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.started += 1
+
+        def on_end(self, span: Any) -> None:
+            self.ended += 1
+
+    registry = tt.Registry()
+    reader = InMemoryMetricReader()
+    processor = CountingProcessor()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(processor)
+    telemetry = tt.Telemetry(registry, meter_provider=MeterProvider(metric_readers=[reader]),
+                             tracer_provider=tracer_provider)
+    return telemetry, registry, reader, processor
+
+
+def metric_points(reader: Any) -> dict:
+    """{(metric name, transport.name): summed value (a histogram's count)} of one collection."""
+    out: dict = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    key = (metric.name, point.attributes.get("transport.name"))
+                    value = getattr(point, "value", None)
+                    if value is None:
+                        value = point.count
+                    out[key] = out.get(key, 0) + value
+    return out
+
+
+def verify_totals(done: list, registry: Any, reader: Any, processor: Any) -> None:
+    """After a run: the registry, the exported metrics and the spans agree with every session's counts."""
+    app, peer = registry.totals(APP_NAME), registry.totals(PEER_NAME)
+    n = len(done)
+    assert (app.opened, app.closed, app.active) == (n, n, 0), app
+    assert (peer.opened, peer.closed, peer.active) == (n, n, 0), peer
+    assert (app.rx, app.tx) == (sum(o.app_rx for o in done), sum(o.app_tx for o in done))
+    assert (peer.rx, peer.tx) == (sum(o.peer_rx for o in done), sum(o.peer_tx for o in done))
+    points = metric_points(reader)
+    for name, t in ((APP_NAME, app), (PEER_NAME, peer)):
+        assert points[("transport.received", name)] == t.rx
+        assert points[("transport.sent", name)] == t.tx
+        assert points[("transport.connection.opened", name)] == n
+        assert points[("transport.connection.active", name)] == 0
+        assert points[("transport.connection.duration", name)] == n
+    assert processor.started == processor.ended == 2 * n, (processor.started, processor.ended)
+    assert not registry.live()
+
+
 def check(outcomes: list, batch: list) -> None:
     problems = [(s, o.problems) for s, o in zip(batch, outcomes) if o.problems]
     assert not problems, "\n".join(f"{s!r}: {ps}" for s, ps in problems)

@@ -14,40 +14,9 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
-
-import traced_transport as tt  # noqa: E402
 import _chaos  # noqa: E402
 
 EXAMPLES = int(os.environ.get("TT_CHAOS_EXAMPLES", "300"))
-
-
-class CountingProcessor(SpanProcessor):
-    def __init__(self):
-        self.started = self.ended = 0
-
-    def on_start(self, span, parent_context=None):
-        self.started += 1
-
-    def on_end(self, span):
-        self.ended += 1
-
-
-def metric_points(reader) -> dict:
-    """{(metric name, transport.name): summed value} of one collection."""
-    out: dict = {}
-    for rm in reader.get_metrics_data().resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                for point in metric.data.data_points:
-                    key = (metric.name, point.attributes.get("transport.name"))
-                    value = getattr(point, "value", None)
-                    if value is None:
-                        value = point.count
-                    out[key] = out.get(key, 0) + value
-    return out
 
 
 def new_loop(kind):
@@ -59,13 +28,7 @@ def new_loop(kind):
 
 
 def test_chaos_sessions(loop_kind, server_ctx, client_ctx):
-    registry = tt.Registry()
-    reader = InMemoryMetricReader()
-    processor = CountingProcessor()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(processor)
-    telemetry = tt.Telemetry(registry, meter_provider=MeterProvider(metric_readers=[reader]),
-                             tracer_provider=tracer_provider)
+    telemetry, registry, reader, processor = _chaos.telemetry_stack()
     harness = _chaos.Harness(observer=telemetry, server_ctx=server_ctx, client_ctx=client_ctx)
     loop = new_loop(loop_kind)
     done = []  # outcomes of the examples that passed
@@ -91,18 +54,5 @@ def test_chaos_sessions(loop_kind, server_ctx, client_ctx):
     assert len(done) == harness.sessions >= EXAMPLES
     print(f"{loop_kind}: {len(done)} sessions, {harness.bytes} bytes, {sum(o.tls for o in done)} with TLS")
     assert any(o.tls for o in done) and {o.end for o in done} >= {"close", "abort", "peer_reset"}
-    # Totals: the registry and the exported metrics agree with the sum of every session's crossing bytes.
-    app, peer = registry.totals(_chaos.APP_NAME), registry.totals(_chaos.PEER_NAME)
-    assert (app.opened, app.closed, app.active) == (len(done), len(done), 0)
-    assert (peer.opened, peer.closed, peer.active) == (len(done), len(done), 0)
-    assert (app.rx, app.tx) == (sum(o.app_rx for o in done), sum(o.app_tx for o in done))
-    assert (peer.rx, peer.tx) == (sum(o.peer_rx for o in done), sum(o.peer_tx for o in done))
-    points = metric_points(reader)
-    for name, t in ((_chaos.APP_NAME, app), (_chaos.PEER_NAME, peer)):
-        assert points[("transport.received", name)] == t.rx
-        assert points[("transport.sent", name)] == t.tx
-        assert points[("transport.connection.opened", name)] == len(done)
-        assert points[("transport.connection.active", name)] == 0
-        assert points[("transport.connection.duration", name)] == len(done)
-    assert processor.started == processor.ended == 2 * len(done)
-    assert not registry.live()
+    # Totals: the registry, the exported metrics and the spans agree with the sum of every session.
+    _chaos.verify_totals(done, registry, reader, processor)
