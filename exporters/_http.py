@@ -211,6 +211,10 @@ class Handler(BaseHTTPRequestHandler):
             self.raw_requestline = line
             if not self.parse_request():
                 return
+            if self.request_version.startswith("HTTP/0."):
+                # http.server would answer "HTTP/0.9" with a bare body, no status line or headers.
+                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
+                return
             raw.deadline = None
             self.connection.settimeout(self.server.timeout_s)
             if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() not in ("", "0"):
@@ -259,6 +263,9 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None,
                    *, body: Optional[bytes] = None) -> None:
         code = int(code)
+        if self.request_version.startswith("HTTP/0."):  # answered with a status line all the same
+            self.request_version = self.default_request_version
+            self.close_connection = True
         try:
             short = self.responses[code][0]
         except KeyError:

@@ -272,6 +272,8 @@ def test_wrong_methods_405(endpoints, static_registry, method):
     (b"GET /metrics HTTP/1.1 extra\r\n\r\n", 400),
     (b"GET /metrics FTP/1.1\r\n\r\n", 400),
     (b"GET /metrics HTTP/9.9\r\n\r\n", 505),
+    (b"GET /metrics HTTP/0.9\r\n\r\n", 505),  # was served as a bare body, no status line (found by fuzzing)
+    (b"GET /metrics HTTP/0.9\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\r\n\r\n", 400),  # a TLS hello
     (b"\xff\xfe\xfd\r\n\r\n", 400),
     (b"GET /metrics HTTP/1.1\r\n continuation\r\nConnection: close\r\n\r\n", 200),  # lenient, as http.server is
