@@ -150,8 +150,9 @@ def test_scrapes_during_churn_never_error_or_go_backwards(run, loop_kind):
         deadline = time.monotonic() + 2
         while True:
             final = scraper.scrape(conn)
-            opened = [v for (n, ls), v in final.items() if n == "transport_connection_opened_total"]
-            if sum(opened) == 2 * CONNECTIONS or time.monotonic() > deadline:
+            opened = sum(v for (n, ls), v in final.items() if n == "transport_connection_opened_total")
+            active = sum(v for (n, ls), v in final.items() if n == "transport_connection_active")
+            if (opened, active) == (2 * CONNECTIONS, 0) or time.monotonic() > deadline:
                 break
         conn.close()
     finally:
