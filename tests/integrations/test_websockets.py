@@ -73,7 +73,8 @@ def test_fast_uploader_pauses_server_reading(run):
     go = None
 
     async def handler(ws):
-        await go.wait()  # not reading: websockets pauses the transport once max_queue messages wait
+        # not reading: websockets pauses the transport once max_queue messages wait
+        await asyncio.wait_for(go.wait(), 30)
         digest = hashlib.sha256()
         for i in range(COUNT):
             message = await ws.recv()
