@@ -79,3 +79,66 @@ def test_odd_get_extra_info():
         assert rec.key.name == "odd"
         rec.close(None)
     assert conn_key(group, OddTransport("none")).network_transport == "pipe"
+
+
+class _BrokenMeterProvider:
+    """An SDK whose meters cannot make instruments."""
+
+    def get_meter(self, *args, **kwargs):
+        from opentelemetry.metrics import NoOpMeter
+
+        class Broken(NoOpMeter):
+            def create_histogram(self, *a, **k):
+                raise RuntimeError("histograms unavailable")
+
+        return Broken("broken")
+
+
+class _BrokenTracerProvider:
+    def get_tracer(self, *args, **kwargs):
+        raise RuntimeError("no tracer for you")
+
+
+def test_sdk_failing_at_set_up_does_not_reach_the_app(run, caplog):
+    _safety.reset_rate_limit()
+    with caplog.at_level(logging.WARNING, logger="traced_transport"):
+        telemetry = tt.Telemetry(tt.Registry(), meter_provider=_BrokenMeterProvider(),
+                                 tracer_provider=_BrokenTracerProvider())
+
+    async def main():
+        server, s_app, c_tr, c_app = await tcp_pair(
+            lambda: Collect(echo=True), wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry))
+        c_tr.write(b"ping")
+        await c_app.wait_bytes(4)
+        c_tr.close()
+        assert await s_app.lost is None
+        await closed(server)
+
+    run(main)
+    assert telemetry.registry.totals("s").rx == 4
+    sites = " ".join(r.getMessage() for r in caplog.records)
+    assert "get_tracer" in sites and "creating instruments" in sites
+
+
+def test_two_collections_close_together_do_not_share_counts(run):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    telemetry = tt.Telemetry(tt.Registry(), meter_provider=MeterProvider(metric_readers=[reader]), spans=False)
+
+    def opened() -> int:
+        data = reader.get_metrics_data()
+        return sum(p.value for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                   if m.name == "transport.connection.opened" for p in m.data.data_points)
+
+    async def connect():
+        server, s_app, c_tr, c_app = await tcp_pair(wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry))
+        c_tr.close()
+        await s_app.lost
+        await closed(server)
+
+    run(connect)
+    assert opened() == 1
+    run(connect)  # well within 50 ms of the first collection
+    assert opened() == 2

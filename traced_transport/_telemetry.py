@@ -87,15 +87,31 @@ class Telemetry:
         self.max_pending = 8192
         self._cache_lock = threading.Lock()
         self._cached: Optional[tuple[float, dict]] = None
-        self.tracer = trace.get_tracer(SCOPE, _VERSION, tracer_provider=tracer_provider)
+        # The app's SDK must not be able to break traced() at set-up either: a
+        # provider whose get_tracer/get_meter or instrument creation raises gets
+        # the API's no-op tracer or meter instead (reported once).
+        try:
+            self.tracer = trace.get_tracer(SCOPE, _VERSION, tracer_provider=tracer_provider)
+        except Exception as exc:  # noqa: BLE001
+            report("get_tracer", exc)
+            self.tracer = trace.NoOpTracer()
+            tracer_provider = self.tracer  # not the global one: never swapped for it
         # With the global providers and no SDK set up (yet), every span would be
         # a no-op: skip start_span altogether until the app installs a provider.
         self._global_tracer = tracer_provider is None
-        meter = metrics.get_meter(SCOPE, _VERSION, meter_provider=meter_provider)
-        self.meter = meter
-        m = meter
+        try:
+            self._create_instruments(metrics.get_meter(SCOPE, _VERSION, meter_provider=meter_provider))
+        except Exception as exc:  # noqa: BLE001
+            report("creating instruments", exc)
+            self._create_instruments(metrics.NoOpMeter(SCOPE, _VERSION))
+        self._api_histograms = True
+        self._histogram_readers = 0
+        self.scope_name, self.scope_version = SCOPE, _VERSION
+
+    def _create_instruments(self, meter: Any) -> None:
+        self.meter = m = meter
         m.create_observable_counter(
-            "transport.connection.opened", [self._observe("opened")], "{connection}", "Connections made")
+            "transport.connection.opened", [self._observe("opened", fresh=True)], "{connection}", "Connections made")
         m.create_observable_up_down_counter(
             "transport.connection.active", [self._observe("active")], "{connection}", "Connections open now")
         m.create_observable_counter(
@@ -126,9 +142,6 @@ class Telemetry:
         self._handshake = self._histogram(
             m, "transport.tls.handshake.duration", "TLS handshake duration, where the library sees it",
             HANDSHAKE_BUCKETS)
-        self._api_histograms = True
-        self._histogram_readers = 0
-        self.scope_name, self.scope_version = SCOPE, _VERSION
 
     def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
@@ -161,13 +174,15 @@ class Telemetry:
         return attrs
 
     # -- observable callbacks (scrape thread) -----------------------------------
-    def _totals(self) -> dict:
-        # One registry pass per collection: the callbacks of one collection run
-        # back to back, so a result younger than 50 ms is reused.
+    def _totals(self, fresh: bool = False) -> dict:
+        # One registry pass per collection: the SDK runs the callbacks of one
+        # collection back to back, in creation order, so the first one
+        # (transport.connection.opened) makes a fresh pass and the others reuse it
+        # while it is younger than 50 ms. Two collections never share a pass.
         with self._cache_lock:
             cached = self._cached
             now = monotonic()
-            if cached is not None and now - cached[0] < 0.05:
+            if not fresh and cached is not None and now - cached[0] < 0.05:
                 return cached[1]
             totals = self.registry.snapshot().totals()
             self._cached = (now, totals)
@@ -198,11 +213,11 @@ class Telemetry:
             except Exception as exc:  # noqa: BLE001
                 report("histogram.record", exc)
 
-    def _observe(self, field: str):
+    def _observe(self, field: str, fresh: bool = False):
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             self.flush()
             try:
-                return [Observation(getattr(t, field), self.attributes(k)) for k, t in self._totals().items()]
+                return [Observation(getattr(t, field), self.attributes(k)) for k, t in self._totals(fresh).items()]
             except Exception as exc:  # noqa: BLE001
                 report(f"metrics callback {field}", exc)
                 return []
