@@ -29,6 +29,28 @@ MODES = ("plain", "core", "unsampled", "sampled-drop", "sampled")
 PAYLOAD = b"x" * 64
 
 
+class Echo(asyncio.Protocol):
+    """The server's app (churn_callgrind.py's too): writes back what it receives."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+def server_factory(mode: str, protocol):
+    """The protocol factory the server of ``mode`` listens with (churn_callgrind.py's too): ``protocol``
+    unwrapped, or traced; made on the running loop, after ``_setup_otel`` for the modes with the SDK."""
+    import traced_transport as tt
+
+    if mode == "plain":
+        return protocol
+    if mode == "core":
+        return tt.traced(protocol, name="churn", registry=tt.Registry())
+    return tt.traced(protocol, name="churn")
+
+
 def _setup_otel(sampled: bool, encode: bool = True):
     from opentelemetry import metrics, trace
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -65,30 +87,21 @@ def server_main(mode: str, loop_kind: str, port_q, stop_ev, stats_q) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if mode in ("unsampled", "sampled", "sampled-drop"):
         _setup_otel(mode != "unsampled", encode=mode == "sampled")
-    import traced_transport as tt
+    import traced_transport  # noqa: F401 - loaded before the CPU baseline below
 
     made = [0]
 
-    class Echo(asyncio.Protocol):
+    class CountingEcho(Echo):
         def connection_made(self, transport):
             made[0] += 1
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
+            super().connection_made(transport)
 
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     startup_cpu = [u0.ru_utime + u0.ru_stime]
 
     async def main():
         loop = asyncio.get_running_loop()
-        if mode == "plain":
-            factory = Echo
-        elif mode == "core":
-            factory = tt.traced(Echo, name="churn", registry=tt.Registry())
-        else:
-            factory = tt.traced(Echo, name="churn")
-        server = await loop.create_server(factory, "127.0.0.1", 0, backlog=1024)
+        server = await loop.create_server(server_factory(mode, CountingEcho), "127.0.0.1", 0, backlog=1024)
         port_q.put(server.sockets[0].getsockname()[1])
         await loop.run_in_executor(None, stop_ev.wait)
         server.close()

@@ -25,21 +25,15 @@ SMALL, LARGE = 300, 1300
 def serve(mode: str, loop_kind: str, n: int) -> None:
     sys.path.insert(0, os.path.dirname(HERE))
     sys.path.insert(0, HERE)
-    from churn import _setup_otel
+    from churn import Echo, _setup_otel, server_factory
 
     if mode in ("unsampled", "sampled", "sampled-drop"):
         _setup_otel(mode != "unsampled", encode=mode == "sampled")
-    import traced_transport as tt
+    import traced_transport  # noqa: F401 - loaded before the loop runs, as it was in every mode
 
     count = [0]
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
+    class CountingEcho(Echo):
         def connection_lost(self, exc):
             count[0] += 1
             if count[0] == n:
@@ -49,13 +43,7 @@ def serve(mode: str, loop_kind: str, n: int) -> None:
         global done
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        if mode == "plain":
-            factory = Echo
-        elif mode == "core":
-            factory = tt.traced(Echo, name="churn", registry=tt.Registry())
-        else:
-            factory = tt.traced(Echo, name="churn")
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server = await loop.create_server(server_factory(mode, CountingEcho), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         client = await asyncio.create_subprocess_exec(sys.executable, __file__, "--client", str(port), str(n))
         await done

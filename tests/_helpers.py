@@ -1,7 +1,23 @@
-"""Protocols used by the tests: real ones, with events to await instead of sleeps."""
+"""Protocols used by the tests: real ones, with events to await instead of sleeps; external tools."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+
+import pytest
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of the tool ``name`` (Debian package ``package``); missing, it fails the test under CI=true
+    and skips it otherwise."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install -y {package}; scripts/system-deps.sh does it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 class _Received:

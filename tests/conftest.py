@@ -1,4 +1,4 @@
-"""Shared fixtures: every core test runs on the default loop and on uvloop."""
+"""Shared fixtures: every core test runs on the default loop and on uvloop; promtool and prometheus binaries."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ import ssl
 import pytest
 
 import traced_transport as tt
+from _helpers import require_binary
 
 try:
     import uvloop
@@ -42,6 +43,16 @@ def run(loop_kind):
             loop.close()
 
     return runner
+
+
+@pytest.fixture(scope="session")
+def promtool_bin() -> str:
+    return require_binary("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    return require_binary("prometheus", "prometheus")
 
 
 @pytest.fixture

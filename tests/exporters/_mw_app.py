@@ -17,4 +17,4 @@ if os.environ.get("TT_MW_MODE") != "sitecustomize":  # else tests/exporters/_mw_
     traced_transport.instrument(observer=worker.telemetry, server_name="http")
 
 
-app = make_app(lambda size: f"{os.getpid()} {size}".encode())
+app = make_app(lambda scope, size: f"{os.getpid()} {size}".encode())

@@ -1,8 +1,12 @@
-"""An unmodified ASGI app: nothing here knows about traced-transport."""
+"""An unmodified ASGI app: nothing here knows about traced-transport.
+
+Run by uvicorn in its own processes (``_plain_app:app``, with only tests/exporters on the path), so it imports
+nothing; tests/exporters/_mw_app.py and the hypercorn and uvicorn integration tests build theirs with ``make_app``.
+"""
 
 
 def make_app(reply):
-    """An ASGI app answering every request with ``reply(body length)``."""
+    """An ASGI app answering every HTTP request with ``reply(scope, body length)``, as text/plain."""
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -20,7 +24,7 @@ def make_app(reply):
             size += len(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        body = reply(size)
+        body = reply(scope, size)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -28,4 +32,4 @@ def make_app(reply):
     return app
 
 
-app = make_app(lambda size: str(size).encode())
+app = make_app(lambda scope, size: str(size).encode())

@@ -1,33 +1,11 @@
-"""Fixtures for the exporter tests: external binaries (promtool, prometheus) and TLS material on disk."""
+"""Fixtures for the exporter tests: promtool's verdict and TLS material on disk (promtool_bin and
+prometheus_bin come from tests/conftest.py)."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 
 import pytest
-
-
-def require_binary(name: str) -> str:
-    """The path of ``name``; a missing one fails the test under CI=true, skips it otherwise."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install -y prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def promtool_bin() -> str:
-    return require_binary("promtool")
-
-
-@pytest.fixture(scope="session")
-def prometheus_bin() -> str:
-    return require_binary("prometheus")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""Fixtures of the Grafana/Prometheus-rules tests: the grafana/ tools on sys.path, external binaries."""
+"""Fixtures of the Grafana/Prometheus-rules tests: the grafana/ tools on sys.path (promtool_bin and
+prometheus_bin come from tests/conftest.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -10,27 +10,6 @@ import pytest
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 sys.path.insert(0, str(GRAFANA))
-
-
-def require(name: str) -> str:
-    """The path of ``name``; missing, it fails the test under CI=true and skips it otherwise."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install -y prometheus; scripts/system-deps.sh does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def promtool_bin() -> str:
-    return require("promtool")
-
-
-@pytest.fixture(scope="session")
-def prometheus_bin() -> str:
-    return require("prometheus")
 
 
 @pytest.fixture(scope="session")

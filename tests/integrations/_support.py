@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import sys
 import time
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -12,6 +14,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import traced_transport as tt
+
+# tests/exporters/_plain_app.py: the ASGI app the hypercorn and uvicorn tests build theirs from (it stays in
+# tests/exporters, where uvicorn subprocesses import it with only that directory on the path)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "exporters"))
+from _plain_app import make_app  # noqa: E402,F401
 
 
 class Otel:

@@ -1,37 +1,26 @@
 """Fixtures of the integration tests: real client tools, certificates on disk, a real OTel SDK in memory."""
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 
 import pytest
 
-
-def require_tool(name: str, package: str) -> str:
-    """The path of ``name``; missing, it fails the test under CI=true and skips it otherwise."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install -y {package}; scripts/system-deps.sh does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+from _helpers import require_binary
 
 
 @pytest.fixture(scope="session")
 def curl() -> str:
-    return require_tool("curl", "curl")
+    return require_binary("curl", "curl")
 
 
 @pytest.fixture(scope="session")
 def openssl() -> str:
-    return require_tool("openssl", "openssl")
+    return require_binary("openssl", "openssl")
 
 
 @pytest.fixture(scope="session")
 def nghttp() -> str:
-    return require_tool("nghttp", "nghttp2-client")
+    return require_binary("nghttp", "nghttp2-client")
 
 
 @dataclass

@@ -16,25 +16,10 @@ pytest.importorskip("hypercorn")
 from hypercorn.config import Config  # noqa: E402
 
 import traced_transport.hypercorn as tt_hypercorn  # noqa: E402
-from _support import Otel, closed_connections, run_curl, run_tool  # noqa: E402
+from _support import Otel, closed_connections, make_app, run_curl, run_tool  # noqa: E402
 
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    size = 0
-    while True:
-        message = await receive()
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"h" * 20_000 if scope["path"] == "/big" else str(size).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+# The request body's length; /big: 20,000 bytes.
+app = make_app(lambda scope, size: b"h" * 20_000 if scope["path"] == "/big" else str(size).encode())
 
 
 @contextlib.asynccontextmanager

@@ -15,34 +15,30 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn")
 
 import traced_transport.uvicorn as tt_uvicorn  # noqa: E402
-from _support import Otel, cert_sha256, closed_connections, run_curl, run_tool  # noqa: E402
+from _support import Otel, cert_sha256, closed_connections, make_app, run_curl, run_tool  # noqa: E402
 
 KINDS = ["h11", "httptools"]
 
 
+def _reply(scope, size):
+    query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
+    return b"x" * int(query.get("n", 0)) if "n" in query else str(size).encode()
+
+
+_http_app = make_app(_reply)
+
+
 async def app(scope, receive, send):
-    """Echo the request body's length, or a body of ?n bytes."""
-    if scope["type"] == "lifespan":
-        return
-    if scope["type"] == "websocket":
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await send({"type": "websocket.send", "bytes": message.get("bytes") or message["text"].encode()})
-    size = 0
+    """Echo the request body's length, or a body of ?n bytes; echo WebSocket messages."""
+    if scope["type"] != "websocket":
+        return await _http_app(scope, receive, send)
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
     while True:
         message = await receive()
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
-    body = b"x" * int(query.get("n", 0)) if "n" in query else str(size).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "bytes": message.get("bytes") or message["text"].encode()})
 
 
 @contextlib.asynccontextmanager

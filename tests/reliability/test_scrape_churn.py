@@ -15,6 +15,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import traced_transport as tt  # noqa: E402
+from _echo import Echo  # noqa: E402
 from exporters import sdk  # noqa: E402
 
 CONNECTIONS = 3000
@@ -95,19 +96,9 @@ def test_scrapes_during_churn_never_error_or_go_backwards(run, loop_kind):
 
     async def main():
         loop = asyncio.get_running_loop()
-
-        class Echo(asyncio.Protocol):
-            def connection_made(self, transport):
-                self.transport = transport
-
-            def data_received(self, data):
-                self.transport.write(data)
-                if b"!" in data:
-                    self.transport.pause_reading()  # some pauses open and close during the churn
-                    self.transport.resume_reading()
-
-        server = await loop.create_server(tt.traced(Echo, name="churn", observer=telemetry), "127.0.0.1", 0,
-                                          backlog=1024)
+        # some pauses open and close during the churn: a read pause after each chunk with a "!"
+        server = await loop.create_server(tt.traced(lambda: Echo(pause_on=b"!"), name="churn", observer=telemetry),
+                                          "127.0.0.1", 0, backlog=1024)
         port = server.sockets[0].getsockname()[1]
 
         async def one(i):

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import traced_transport as tt  # noqa: E402
+from _echo import Echo  # noqa: E402
 from exporters import sdk  # noqa: E402
 from exporters.prometheus import ScrapeEndpoint  # noqa: E402
 
@@ -111,14 +112,6 @@ def test_no_peer_or_client_string_becomes_a_label(run, loop_kind, ca):
 
     async def main():
         loop = asyncio.get_running_loop()
-
-        class Echo(asyncio.Protocol):
-            def connection_made(self, transport):
-                self.transport = transport
-
-            def data_received(self, data):
-                self.transport.write(data)
-
         tls = await loop.create_server(tt.traced(Echo, name="mtls", observer=telemetry), "127.0.0.1", 0,
                                        ssl=server_ctx)
         plain = await loop.create_server(tt.traced(Echo, name="plain", observer=telemetry), "0.0.0.0", 0)

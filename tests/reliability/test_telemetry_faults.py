@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
 
 import traced_transport as tt  # noqa: E402
+from _echo import Echo  # noqa: E402
 from traced_transport import _safety  # noqa: E402
 
 CONNECTIONS = 200
@@ -44,17 +45,9 @@ def failure_sites(caplog) -> list:
 async def traffic(observer, n=CONNECTIONS, wave=50, name="faulty"):
     """n echo connections (server and client traced with ``observer``); returns the bytes each way."""
     loop = asyncio.get_running_loop()
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-            self.transport.pause_reading()  # a transition per connection: on_event runs too
-            self.transport.resume_reading()
-
-    server = await loop.create_server(tt.traced(Echo, name=name, observer=observer), "127.0.0.1", 0, backlog=512)
+    # a read-pause transition after every chunk, so each connection's on_event runs too
+    server = await loop.create_server(tt.traced(lambda: Echo(pause_on=b""), name=name, observer=observer),
+                                      "127.0.0.1", 0, backlog=512)
     port = server.sockets[0].getsockname()[1]
     total = 0
 
