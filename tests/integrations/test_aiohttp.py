@@ -1,6 +1,7 @@
 """aiohttp with ``traced_transport.aiohttp``: static files (``loop.sendfile`` on asyncio, ``write()`` on
 uvloop) from real curl, byte counts equal to what curl carried; the traced client connector (side
-``client``); ``run_app`` in its own process, scraped through the Prometheus endpoint."""
+``client``); a ``UnixSite`` on the traced runner; ``run_app`` in its own process, scraped through the
+Prometheus endpoint."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 import traced_transport.aiohttp as tt_aiohttp  # noqa: E402
-from _support import Otel, closed_connections, run_curl, server_ssl  # noqa: E402
+from _support import Otel, closed_connections, run_curl, run_tool, server_ssl  # noqa: E402
 
 SIZES = {"a.bin": 1, "b.bin": 70_000, "c.bin": 3 * 1024 * 1024 + 17}
 
@@ -152,3 +153,48 @@ def test_run_app_in_its_own_process(tmp_path, curl, static_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_unix_site_bytes_equal_curl(run, curl, static_dir, tmp_path):
+    """``web.UnixSite`` on the traced ``AppRunner``: curl over the socket; the connections are keyed
+    ``network.transport`` unix, and their bytes equal curl's."""
+    otel = Otel()
+    path = str(tmp_path / "web.sock")
+
+    async def hello(request):
+        return web.Response(text=f"hello over unix, {request.match_info['who']}")
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/hello/{who}", hello)
+        app.router.add_static("/static", static_dir)
+        runner = tt_aiohttp.AppRunner(app, name="web", observer=otel.telemetry, access_log=None)
+        await runner.setup()
+        await web.UnixSite(runner, path).start()
+        try:
+            # the body, and curl's account of its bytes, from one request
+            code, out, err = await run_tool(curl, "-sS", "--http1.1", "--unix-socket", path,
+                                            "-o", str(tmp_path / "body"), "-w", "%{size_request} %{size_header}",
+                                            "http://localhost/hello/alice")
+            assert code == 0, err.decode()
+            request, header = map(int, out.decode().split())
+            body = (tmp_path / "body").read_bytes()
+            got = [(await run_curl(curl, "--http1.1", "--unix-socket", path, f"http://localhost/static/{name}"))[0]
+                   for name in SIZES]
+            await closed_connections(otel.registry, "web", 1 + len(SIZES))
+        finally:
+            await runner.cleanup()
+        return body, request, header + len(body), got
+
+    body, rx, tx, got = run(main, timeout=40)
+    assert body == b"hello over unix, alice"
+    assert [g["download"] for g in got] == list(SIZES.values())
+    (key,) = [k for k in otel.registry.snapshot().closed if k.name == "web"]
+    assert (key.side, key.network_transport, key.network_type, key.server_port) == ("server", "unix", None, None)
+    totals = otel.registry.totals("web")
+    assert totals.opened == totals.closed == 1 + len(SIZES)
+    assert totals.rx == rx + sum(g["request"] for g in got)
+    assert totals.tx == tx + sum(g["header"] + g["download"] for g in got)
+    assert otel.value("transport.received", transport_name="web", network_transport="unix") == totals.rx
+    assert otel.value("transport.sent", transport_name="web", network_transport="unix") == totals.tx
+    otel.shutdown()

@@ -1,7 +1,7 @@
 """websockets (asyncio implementation) with ``traced_transport.websockets.serve``/``connect``: long-lived
 connections under flow control. A client that stops reading drives the server into ``pause_writing``; a
 fast uploader to a handler that does not read drives the server's ``pause_reading``. Both show in metrics
-and span events, and the transfers complete intact."""
+and span events, and the transfers complete intact. ``unix_serve`` is traced as unix."""
 from __future__ import annotations
 
 import asyncio
@@ -112,4 +112,55 @@ def test_fast_uploader_pauses_server_reading(run):
     assert "transport.reading.paused" in events(server_span) and "transport.reading.resumed" in events(server_span)
     assert otel.value("transport.reading.pause.duration", transport_name="ws") >= 1
     assert otel.registry.totals("ws").rx == otel.registry.totals("wsc").tx > COUNT * CHUNK
+    otel.shutdown()
+
+
+def test_unix_serve_traced_as_unix(run, tmp_path):
+    """``traced_transport.websockets.unix_serve`` with a real ``unix_connect`` client (traced with ``tracing``):
+    keyed ``network.transport`` unix on both sides, each side's bytes the other's."""
+    from websockets.asyncio.client import unix_connect
+
+    import traced_transport as tt
+
+    otel = Otel()
+    path = str(tmp_path / "ws.sock")
+    messages = ["hello", "x" * 10_000, "over unix"]
+
+    async def handler(ws):
+        async for message in ws:
+            await ws.send(message[::-1])
+
+    async def main():
+        async with tt_ws.unix_serve(handler, path, name="ws", observer=otel.telemetry, compression=None):
+            with tt.tracing(client_name="wsc", observer=otel.telemetry):
+                client = await unix_connect(path, compression=None)
+            replies = []
+            for message in messages:
+                await client.send(message)
+                replies.append(await client.recv())
+            await client.close()
+            await closed_connections(otel.registry, "ws", 1)
+            await closed_connections(otel.registry, "wsc", 1)
+            return replies, len(client.request.serialize()), len(client.response.serialize())
+
+    replies, request_head, response_head = run(main, timeout=30)
+    assert replies == [m[::-1] for m in messages]
+    keys = {(k.name, k.side, k.network_transport) for k in otel.registry.snapshot().closed}
+    assert keys == {("ws", "server", "unix"), ("wsc", "client", "unix")}
+    (server_span,) = otel.spans("ws")
+    assert server_span.attributes["network.transport"] == "unix"
+    server, client = otel.registry.totals("ws"), otel.registry.totals("wsc")
+    payload = sum(len(m) for m in messages)
+    assert server.opened == client.opened == 1
+    assert server.rx == client.tx > payload and server.tx == client.rx > payload
+
+    # and what went over the socket, from the protocol: the upgrade, then the frames (client's masked), each
+    # with a 2-byte header (+2 for a 16-bit length), and the closing handshake (code 1000, no reason)
+    def frames(masked: bool) -> int:
+        mask = 4 if masked else 0
+        return sum(2 + (2 if len(m) >= 126 else 0) + mask + len(m) for m in messages) + 2 + mask + 2
+
+    assert server.rx == request_head + frames(masked=True)
+    assert server.tx == response_head + frames(masked=False)
+    assert otel.value("transport.received", transport_name="ws", network_transport="unix") == server.rx
     otel.shutdown()
