@@ -31,7 +31,9 @@ import threading
 import time
 from typing import Any, Optional
 
-logger = logging.getLogger("exporters.histograms")
+from ._http import RateLimitedLog
+
+_log = RateLimitedLog(logging.getLogger("exporters.histograms"))
 
 __all__ = ["attach", "detach"]
 
@@ -81,7 +83,8 @@ class _Merger:
         try:
             metrics_data = self.merge(metrics_data)
         except Exception:  # noqa: BLE001 - never lose the SDK's own metrics over ours
-            _report_once("merging traced_transport histograms into a collection failed")
+            _log("merge", "exporters.histograms: merging traced_transport histograms into a collection failed",
+                 exc_info=True)
         return self.original(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
     def merge(self, metrics_data: Any) -> Any:
@@ -141,10 +144,7 @@ class _Merger:
 
 def attach(reader: Any, telemetry: Optional[Any] = None) -> None:
     """Make ``reader`` collect ``telemetry``'s histograms (default: the default Telemetry) directly."""
-    if telemetry is None:
-        from traced_transport import default_telemetry
-
-        telemetry = default_telemetry()
+    telemetry = _or_default(telemetry)
     merger = reader.__dict__.get(_ATTR)
     if merger is None:
         merger = _Merger(reader)
@@ -156,21 +156,15 @@ def attach(reader: Any, telemetry: Optional[Any] = None) -> None:
 
 def detach(reader: Any, telemetry: Optional[Any] = None) -> None:
     """Undo :func:`attach` for one Telemetry on ``reader`` (tests, or a reader being dropped)."""
+    telemetry = _or_default(telemetry)
     merger = reader.__dict__.get(_ATTR)
-    if merger is None:
-        return
-    if telemetry is None:
-        from traced_transport import default_telemetry
-
-        telemetry = default_telemetry()
-    if merger.remove(telemetry):
+    if merger is not None and merger.remove(telemetry):
         telemetry.histogram_reader(False)
 
 
-_reported: set = set()
+def _or_default(telemetry: Optional[Any]) -> Any:
+    if telemetry is None:
+        from traced_transport import default_telemetry
 
-
-def _report_once(what: str) -> None:
-    if what not in _reported:
-        _reported.add(what)
-        logger.warning("exporters.histograms: %s", what, exc_info=True)
+        return default_telemetry()
+    return telemetry

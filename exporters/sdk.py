@@ -64,7 +64,8 @@ class Setup:
 
     def __init__(self, *, resource: Any, meter_provider: Any, tracer_provider: Any,
                  endpoint: Optional[ScrapeEndpoint], prometheus_registry: Any, collector: Any,
-                 global_meter_provider: bool, global_tracer_provider: bool, otlp: bool) -> None:
+                 global_meter_provider: bool, global_tracer_provider: bool, otlp: bool,
+                 metric_readers: Optional[list] = None) -> None:
         self.resource = resource
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
@@ -74,7 +75,7 @@ class Setup:
         self.global_tracer_provider = global_tracer_provider
         self.otlp = otlp
         self._collector = collector
-        self.metric_readers: list = []
+        self.metric_readers: list = list(metric_readers or [])
         self._attached: list = []
         self._lock = threading.Lock()
         self._shut = False
@@ -281,8 +282,8 @@ def setup(
             global_tracer = _set_global("traces", tracer_provider)
     built = Setup(resource=resource, meter_provider=meter_provider, tracer_provider=tracer_provider,
                   endpoint=scrape, prometheus_registry=prom_registry, collector=collector,
-                  global_meter_provider=global_meter, global_tracer_provider=global_tracer, otlp=otlp_on)
-    built.metric_readers = [reader, *otlp_readers] if meter_provider is not None else []
+                  global_meter_provider=global_meter, global_tracer_provider=global_tracer, otlp=otlp_on,
+                  metric_readers=[reader, *otlp_readers] if meter_provider is not None else None)
     if global_meter:
         # traced() with no observer records into the default Telemetry, over the
         # global provider, which is now ours: its histograms go to our readers directly.

@@ -50,7 +50,9 @@ def safe_cipher_name(openssl_name: str) -> str:
     return "other"
 
 
-def metric_attributes(key: ConnKey, error_type: Optional[str] = None) -> dict[str, Any]:
+def metric_attributes(key: ConnKey, error_type: Optional[str] = None, cipher: Optional[str] = None,
+                      tls_version: Optional[str] = None) -> dict[str, Any]:
+    """``cipher`` and ``tls_version`` (when the key has none) are for the handshake histogram only."""
     attrs: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
     if key.network_transport:
         attrs["network.transport"] = key.network_transport
@@ -58,8 +60,10 @@ def metric_attributes(key: ConnKey, error_type: Optional[str] = None) -> dict[st
         attrs["network.type"] = key.network_type
     if key.server_port is not None:
         attrs["server.port"] = key.server_port
-    if key.tls_version:
-        attrs["tls.protocol.version"] = key.tls_version
+    if key.tls_version or tls_version:
+        attrs["tls.protocol.version"] = key.tls_version or tls_version
+    if cipher:
+        attrs["tls.cipher"] = cipher
     if error_type:
         attrs["error.type"] = error_type
     return attrs

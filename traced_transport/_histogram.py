@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from typing import Hashable, Iterator, NamedTuple, Optional, Sequence
+from typing import Hashable, NamedTuple, Optional, Sequence
 
 
 class HistogramPoint:
@@ -31,10 +31,6 @@ class HistogramPoint:
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
 
 class PointView(NamedTuple):
@@ -110,9 +106,6 @@ class HistogramAggregate:
                 for p in source.values()
             ]
         return start, views
-
-    def __iter__(self) -> Iterator[PointView]:
-        return iter(self.points()[1])
 
     def __repr__(self) -> str:
         return f"<HistogramAggregate {self.name} points={len(self._points)}>"

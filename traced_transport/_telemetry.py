@@ -60,6 +60,9 @@ class Telemetry:
     app's own SDK setup (or none) decides where things go.
     """
 
+    scope_name = SCOPE
+    scope_version = _VERSION
+
     def __init__(
         self,
         registry: Optional[Registry] = None,
@@ -104,9 +107,8 @@ class Telemetry:
         except Exception as exc:  # noqa: BLE001
             report("creating instruments", exc)
             self._create_instruments(metrics.NoOpMeter(SCOPE, _VERSION))
-        self._api_histograms = True
+        # Readers taking self.histograms directly; while there is none, values also go to the API instruments.
         self._histogram_readers = 0
-        self.scope_name, self.scope_version = SCOPE, _VERSION
 
     def _create_instruments(self, meter: Any) -> None:
         self.meter = m = meter
@@ -157,8 +159,7 @@ class Telemetry:
         """
         with self._cache_lock:
             self._histogram_readers += 1 if attached else -1
-            self._api_histograms = self._histogram_readers <= 0
-            if not self._api_histograms:
+            if self._histogram_readers:
                 self._pending.clear()
 
     # -- attributes ----------------------------------------------------------
@@ -166,11 +167,14 @@ class Telemetry:
         span_name = self._span_names[name] = f"{name} connection"
         return span_name
 
-    def attributes(self, key: ConnKey, error_type: Optional[str] = None) -> dict:
-        cache_key = (key, error_type)
+    def attributes(self, key: ConnKey, error_type: Optional[str] = None, cipher: Optional[str] = None,
+                   tls_version: Optional[str] = None) -> dict:
+        return self._attributes_for((key, error_type, cipher, tls_version))
+
+    def _attributes_for(self, cache_key: tuple) -> dict:
         attrs = self._attrs.get(cache_key)
         if attrs is None:
-            attrs = self._attrs[cache_key] = metric_attributes(key, error_type)
+            attrs = self._attrs[cache_key] = metric_attributes(*cache_key)
         return attrs
 
     # -- observable callbacks (scrape thread) -----------------------------------
@@ -188,13 +192,13 @@ class Telemetry:
             self._cached = (now, totals)
             return totals
 
-    def _record(self, histogram: tuple, value: float, key: ConnKey, error_type: Optional[str] = None) -> None:
-        self._record_with(histogram, value, (key, error_type), self.attributes(key, error_type))
-
-    def _record_with(self, histogram: tuple, value: float, cache_key: tuple, attributes: dict) -> None:
+    def _record(self, histogram: tuple, value: float, key: ConnKey, error_type: Optional[str] = None,
+                cipher: Optional[str] = None, tls_version: Optional[str] = None) -> None:
+        cache_key = (key, error_type, cipher, tls_version)
+        attributes = self._attributes_for(cache_key)
         instrument, aggregate = histogram
         aggregate.record(value, cache_key, attributes)
-        if self._api_histograms:
+        if not self._histogram_readers:
             pending = self._pending
             pending.append((instrument, value, attributes))
             if len(pending) > self.max_pending:
@@ -307,16 +311,7 @@ class Telemetry:
                 version = tls_version_of(transport)
         except Exception as exc:  # noqa: BLE001
             report("handshake attributes", exc)
-        cache_key = (key, None, cipher, version)
-        attrs = self._attrs.get(cache_key)
-        if attrs is None:
-            attrs = dict(self.attributes(key))
-            if version:
-                attrs["tls.protocol.version"] = version
-            if cipher:
-                attrs["tls.cipher"] = cipher
-            self._attrs[cache_key] = attrs
-        self._record_with(self._handshake, rec.tls_handshake_s, cache_key, attrs)
+        self._record(self._handshake, rec.tls_handshake_s, key, None, cipher, version)
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         key = rec.key
