@@ -92,10 +92,10 @@ class Demo:
 
 
 class Prometheus:
-    """Prometheus scraping ``targets`` every second, with rules.yml evaluated every second."""
+    """Prometheus scraping ``targets`` every second as ``job``, with ``rules`` (None: none) evaluated every second."""
 
     def __init__(self, workdir: Path, targets: list[str], binary: Optional[str] = None,
-                 rules: Path = RULES) -> None:
+                 rules: Optional[Path] = RULES, job: str = JOB) -> None:
         binary = binary or shutil.which("prometheus")
         if binary is None:
             raise FileNotFoundError("prometheus is not installed (Debian: apt-get install -y prometheus)")
@@ -107,9 +107,9 @@ class Prometheus:
             "  scrape_interval: 1s\n"
             "  scrape_timeout: 1s\n"
             "  evaluation_interval: 1s\n"
-            f"rule_files: ['{rules}']\n"
-            "scrape_configs:\n"
-            f"  - job_name: {JOB}\n"
+            + (f"rule_files: ['{rules}']\n" if rules is not None else "")
+            + "scrape_configs:\n"
+            f"  - job_name: {job}\n"
             "    static_configs:\n"
             f"      - targets: {json.dumps(targets)}\n")
         self.log_path = workdir / "prometheus.log"

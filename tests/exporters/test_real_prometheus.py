@@ -8,14 +8,11 @@ extrapolation gives for exactly those samples.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import socket
-import subprocess
+import pathlib
+import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
@@ -25,53 +22,24 @@ pytest.importorskip("opentelemetry.exporter.prometheus")
 import traced_transport as tt  # noqa: E402
 from exporters import sdk  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "grafana"))
+import live  # noqa: E402  (grafana/live.py: the Prometheus runner the dashboard tests use too)
+
 JOB = "traced"
 WINDOW_S = 30
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Prometheus(live.Prometheus):
+    """grafana/live.py's Prometheus (scraping every second), no rules; queries that fail the test with its log."""
 
-
-class Prometheus:
     def __init__(self, binary: str, tmp_path, target: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n"
-            "  scrape_interval: 1s\n"
-            "  scrape_timeout: 1s\n"
-            "scrape_configs:\n"
-            f"  - job_name: {JOB}\n"
-            "    metrics_path: /metrics\n"
-            "    static_configs:\n"
-            f"      - targets: ['{target}']\n"
-        )
-        self.log_path = tmp_path / "prometheus.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def get(self, path: str, **params) -> dict:
-        url = f"{self.base}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())
+        super().__init__(tmp_path, [target], binary=binary, rules=None, job=JOB)
 
     def query(self, q: str, at: float | None = None) -> list:
         params = {"query": q}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        data = self.get("/api/v1/query", **params)
+        data = self.api("query", **params)
         assert data["status"] == "success", data
         return data["data"]["result"]
 
@@ -91,20 +59,6 @@ class Prometheus:
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out waiting for {what} (last error {last_exc!r});\nprometheus log:\n{self.log()}")
             threading.Event().wait(interval)
-
-    def ready(self) -> bool:
-        with urllib.request.urlopen(f"{self.base}/-/ready", timeout=2) as resp:
-            return resp.status == 200
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 class LoopThread:
@@ -200,9 +154,8 @@ def test_prometheus_scrapes_exact_counts_and_rate(prometheus_bin, tmp_path, app)
         conn[1].close()
         await conn[1].wait_closed()
 
-    prom = Prometheus(prometheus_bin, tmp_path, f"127.0.0.1:{s.endpoint.port}")
+    prom = Prometheus(prometheus_bin, tmp_path, f"127.0.0.1:{s.endpoint.port}")  # returns once ready
     try:
-        prom.wait("prometheus ready", prom.ready, 30)
         selector = f'transport_received_bytes_total{{job="{JOB}",transport_name="echo"}}'
 
         def scraped_total(expected: int):
@@ -245,7 +198,7 @@ def test_prometheus_scrapes_exact_counts_and_rate(prometheus_bin, tmp_path, app)
         info = prom.query(f'target_info{{job="{JOB}"}}')
         assert info[0]["metric"]["service_name"] == "prometheus-e2e"
         assert prom.query(f'up{{job="{JOB}"}}')[0]["value"][1] == "1"
-        targets = prom.get("/api/v1/targets")["data"]["activeTargets"]
+        targets = prom.api("targets")["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"] and targets[0]["lastError"] == "", targets
 
         # The raw samples Prometheus stored are exactly the totals the load produced, never anything else.
