@@ -423,10 +423,8 @@ def test_prometheus_names_come_out_once(run):
     assert 'transport_received_bytes_total{' in text and 'transport_name="s"' in text
 
 
-def test_parent_context_opt_in(run):
-    from opentelemetry import trace
-
-    otel = Otel(parent_context=True)
+def _request_span_in_callback(run, otel, check_while_open) -> dict:
+    """One connection whose app starts a "request" span in data_received; the finished spans by name."""
     tracer = otel.tracer_provider.get_tracer("app")
 
     class App(Collect):
@@ -439,40 +437,33 @@ def test_parent_context_opt_in(run):
         server, s_app, c_tr, c_app = await tcp_pair(App, wrap_server=otel.server())
         c_tr.write(b"req")
         await s_app.wait_bytes(3)
-        assert tt.connection_span_context(s_app.transport).is_valid
-        # outside the callbacks, the connection span is not current
-        assert not trace.get_current_span().get_span_context().is_valid
+        check_while_open(s_app.transport)
         c_tr.close()
         await s_app.lost
         await closed(server)
 
     run(main)
-    spans = {s.name: s for s in otel.spans()}
+    return {s.name: s for s in otel.spans()}
+
+
+def test_parent_context_opt_in(run):
+    from opentelemetry import trace
+
+    def check(transport):
+        assert tt.connection_span_context(transport).is_valid
+        # outside the callbacks, the connection span is not current
+        assert not trace.get_current_span().get_span_context().is_valid
+
+    spans = _request_span_in_callback(run, Otel(parent_context=True), check)
     request, conn = spans["request"], spans["s connection"]
     assert request.parent is not None and request.parent.span_id == conn.context.span_id
 
 
 def test_no_parent_context_by_default(run):
-    otel = Otel()
-    tracer = otel.tracer_provider.get_tracer("app")
+    def check(transport):
+        assert type(tt.unwrap(transport).get_protocol()).__name__ == "PlainWrapper"
 
-    class App(Collect):
-        def data_received(self, data):
-            super().data_received(data)
-            with tracer.start_as_current_span("request"):
-                pass
-
-    async def main():
-        server, s_app, c_tr, c_app = await tcp_pair(App, wrap_server=otel.server())
-        c_tr.write(b"req")
-        await s_app.wait_bytes(3)
-        assert type(tt.unwrap(s_app.transport).get_protocol()).__name__ == "PlainWrapper"
-        c_tr.close()
-        await s_app.lost
-        await closed(server)
-
-    run(main)
-    spans = {s.name: s for s in otel.spans()}
+    spans = _request_span_in_callback(run, Otel(), check)
     assert spans["request"].parent is None
 
 
