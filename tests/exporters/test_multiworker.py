@@ -410,6 +410,18 @@ def test_uvicorn_two_workers_exact_totals(uvicorn_two_workers):
         aggregator.close()
 
 
+def _http_totals(text: str) -> dict:
+    """The scraped totals of transport_name="http", summed over workers."""
+    parsed = samples(text)
+    return {
+        "rx": total(parsed, "transport_received_bytes_total", transport_name="http"),
+        "tx": total(parsed, "transport_sent_bytes_total", transport_name="http"),
+        "opened": total(parsed, "transport_connection_opened_total", transport_name="http"),
+        "active": total(parsed, "transport_connection_active", transport_name="http"),
+        "closed": total(parsed, "transport_connection_duration_seconds_count", transport_name="http"),
+    }
+
+
 def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
     load = Load(port)
     errors: list = []
@@ -453,14 +465,7 @@ def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
 
         def live_totals():
             text = _scrape(aggregator.url)
-            parsed = samples(text)
-            got = {
-                "rx": total(parsed, "transport_received_bytes_total", transport_name="http"),
-                "tx": total(parsed, "transport_sent_bytes_total", transport_name="http"),
-                "opened": total(parsed, "transport_connection_opened_total", transport_name="http"),
-                "active": total(parsed, "transport_connection_active", transport_name="http"),
-                "closed": total(parsed, "transport_connection_duration_seconds_count", transport_name="http"),
-            }
+            got = _http_totals(text)
             want = {"rx": expected["sent"], "tx": expected["received"], "opened": expected["connections"],
                     "active": len(held), "closed": expected["connections"] - len(held)}
             return got == want, (got, want, text)
@@ -481,16 +486,8 @@ def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
             s.close()
 
     def final_totals():
-        text = _scrape(aggregator.url)
-        parsed = samples(text)
-        got = {
-            "rx": total(parsed, "transport_received_bytes_total", transport_name="http"),
-            "tx": total(parsed, "transport_sent_bytes_total", transport_name="http"),
-            "opened": total(parsed, "transport_connection_opened_total", transport_name="http"),
-            "active": total(parsed, "transport_connection_active", transport_name="http"),
-            # the held connections were closed by the shutdown: they are in the final writes
-            "closed": total(parsed, "transport_connection_duration_seconds_count", transport_name="http"),
-        }
+        # the held connections were closed by the shutdown: they are in the final writes
+        got = _http_totals(_scrape(aggregator.url))
         want = {"rx": expected["sent"], "tx": expected["received"], "opened": expected["connections"],
                 "active": 0, "closed": expected["connections"]}
         return got == want, (got, want)
