@@ -34,6 +34,14 @@ def _log(path):
     return f
 
 
+def _interrupt(proc, log) -> tuple[int, str]:
+    """Ctrl-C the process; its exit code and everything it logged."""
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=30)
+    log.seek(0)
+    return code, log.read()
+
+
 def _url_in(log, pattern: str) -> tuple:
     """(found, URL): the URL a process printed to its log."""
     log.seek(0)
@@ -109,10 +117,7 @@ def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
 
         wait_for(exact, 30, f"totals of {sent} bytes in, {received} out")
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-        log.seek(0)
-        output = log.read()
+        code, output = _interrupt(proc, log)
     assert code == 0, output
 
 
@@ -175,9 +180,6 @@ def test_demo_brings_up_the_endpoint_and_moves_every_metric(tmp_path):
 
         wait_for(everything_moved, 45, "every metric to move", interval=0.5)
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-        log.seek(0)
-        output = log.read()
+        code, output = _interrupt(proc, log)
     assert code == 0, output
     assert "final:" in output and "Traceback" not in output
