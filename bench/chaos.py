@@ -41,7 +41,7 @@ def run_loop(kind: str, target: int) -> dict:
 
     import _chaos
     import traced_transport as tt
-    from traced_transport._proxy import TracedTransport
+    from traced_transport.datapath.proxy import TracedTransport
 
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

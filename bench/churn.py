@@ -72,8 +72,8 @@ def _setup_otel(sampled: bool, encode: bool = True):
 
     reader = PrometheusMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    # As exporters.sdk.setup() does: the reader collects the loop-side histogram aggregates.
-    from exporters import histograms
+    # As traced_transport.exporters.sdk.setup() does: the reader collects the loop-side histogram aggregates.
+    from traced_transport.exporters import histograms
 
     histograms.attach(reader)
     provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Scrape cost with many open traced connections: does a collection stay cheap, whatever the traffic?
 
-This process runs a traced echo server (uvloop when installed) with ``exporters.sdk.setup()`` providers
+This process runs a traced echo server (uvloop when installed) with ``traced_transport.exporters.sdk.setup()`` providers
 and its scrape endpoint; a child process opens ``--connections`` (10 000) plain client connections to it
 over loopback (each process raises RLIMIT_NOFILE within its hard limit). Then, with the server's loop
 running:
 
 1. a full collection is timed ``--repeat`` times from another thread, as the endpoint does it:
    ``MeterProvider`` collect through the Prometheus reader (observable callbacks summing the registry's
-   records) plus text generation (``exporters.prometheus.exposition``); and a real HTTP scrape of the
+   records) plus text generation (``traced_transport.exporters.prometheus.exposition``); and a real HTTP scrape of the
    endpoint (urllib) for the round trip;
 2. every connection echoes ``--rounds`` x ``--bytes`` through the server (a lot of data);
 3. the same measurements again.
@@ -125,7 +125,7 @@ class Echo(asyncio.Protocol):
 
 def measure(setup, repeat: int) -> dict:
     """Times (ms) of full collections and HTTP scrapes, run on this (non-loop) thread."""
-    from exporters.prometheus import exposition
+    from traced_transport.exporters.prometheus import exposition
 
     collect, http = [], []
     size = 0
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import traced_transport as tt
-    from exporters import sdk
+    from traced_transport.exporters import sdk
 
     limit = raise_nofile(args.connections + 512)
     if limit < args.connections + 64:

@@ -34,7 +34,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Optional
 
-logger = logging.getLogger("exporters.http")
+logger = logging.getLogger("traced_transport.exporters.http")
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD = 32 * 1024

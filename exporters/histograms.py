@@ -1,20 +1,20 @@
 """Hand traced_transport's loop-side histogram aggregates straight to SDK metric readers.
 
 ``Telemetry`` aggregates the four histograms itself (a bisect per value, see
-``traced_transport._histogram``). Once a reader is attached here, every
+``traced_transport.telemetry.histogram``). Once a reader is attached here, every
 collection of that reader gets those points merged into its ``MetricsData``
 as ordinary OpenTelemetry histograms (same name, unit, description, scope and
 bucket boundaries the API instruments have), and ``Telemetry`` stops calling
 the SDK's ``Histogram.record()``, which costs more than the rest of a short
 connection together.
 
-``exporters.sdk.setup()`` and the multi-worker mode attach their readers
+``traced_transport.exporters.sdk.setup()`` and the multi-worker mode attach their readers
 themselves. An app with its own ``MeterProvider`` attaches each of its readers::
 
     reader = PrometheusMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    exporters.histograms.attach(reader)          # the default Telemetry
-    exporters.histograms.attach(reader, my_telemetry)
+    traced_transport.exporters.histograms.attach(reader)          # the default Telemetry
+    traced_transport.exporters.histograms.attach(reader, my_telemetry)
 
 Attach every reader of the provider, or none: a reader left out gets no
 histogram values once another one is attached. SDK Views do not apply to these
@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from ._http import RateLimitedLog
 
-_log = RateLimitedLog(logging.getLogger("exporters.histograms"))
+_log = RateLimitedLog(logging.getLogger("traced_transport.exporters.histograms"))
 
 __all__ = ["attach", "detach"]
 
@@ -83,7 +83,7 @@ class _Merger:
         try:
             metrics_data = self.merge(metrics_data)
         except Exception:  # noqa: BLE001 - never lose the SDK's own metrics over ours
-            _log("merge", "exporters.histograms: merging traced_transport histograms into a collection failed",
+            _log("merge", "traced_transport.exporters.histograms: merging traced_transport histograms into a collection failed",
                  exc_info=True)
         return self.original(metrics_data, timeout_millis=timeout_millis, **kwargs)
 

@@ -5,7 +5,7 @@ gunicorn run N. Here each worker writes what its ``MeterProvider`` holds to a sm
 JSON file in a shared directory, and one process serves the sum:
 
     # in each worker (at import of the app, in a post-fork hook, or from sitecustomize)
-    from exporters import multiworker
+    from traced_transport.exporters import multiworker
     worker = multiworker.start_worker("/run/tt-metrics")
     worker.instrument(server_name="http")   # = traced_transport.instrument(observer=worker.telemetry, ...)
 
@@ -50,7 +50,7 @@ collector): at each scrape it reads every worker file and sums per metric and la
 - names, types, HELP text, units and labels are the ones the OpenTelemetry Prometheus
   exporter gives the same instruments (``transport_received_bytes_total``,
   ``transport_connection_active``, ``transport_connection_duration_seconds_bucket{le=...}``,
-  ...); without ``otel_scope_*`` labels by default, as ``exporters.sdk.setup()`` serves them;
+  ...); without ``otel_scope_*`` labels by default, as ``traced_transport.exporters.sdk.setup()`` serves them;
   ``target_info`` carries the resource attributes all workers share;
 - the files of dead workers are folded into ``retired.json`` (under an ``flock``) once
   they are final, or ``retire_after`` seconds old: the directory does not grow with
@@ -89,7 +89,7 @@ __all__ = [
     "start_worker",
 ]
 
-logger = logging.getLogger("exporters.multiworker")
+logger = logging.getLogger("traced_transport.exporters.multiworker")
 
 FORMAT = 1
 RETIRED = "retired.json"
@@ -630,7 +630,7 @@ class AggregatingCollector:
     """A ``prometheus_client`` collector: the sum of every worker file in ``directory``.
 
     ``scope_labels=True`` adds the ``otel_scope_*`` labels (off by default, as in
-    ``exporters.sdk.setup()``); ``target_info=False`` leaves ``target_info`` out.
+    ``traced_transport.exporters.sdk.setup()``); ``target_info=False`` leaves ``target_info`` out.
     ``compact`` folds the files of dead workers into ``retired.json`` once they are
     final or older than ``retire_after`` seconds. ``alive(pid, start)`` decides
     whether a worker still runs (default :func:`pid_alive`; pass your own when the
@@ -923,7 +923,7 @@ class Aggregator:
 
 
 def _start_endpoint(registry: Any, host: str, port: int, **endpoint_kwargs: Any) -> Any:
-    """The scrape endpoint for ``registry``: ``exporters.prometheus.ScrapeEndpoint``."""
+    """The scrape endpoint for ``registry``: ``traced_transport.exporters.prometheus.ScrapeEndpoint``."""
     from .prometheus import ScrapeEndpoint
 
     return ScrapeEndpoint(registry, host=host, port=port, **endpoint_kwargs).start()
@@ -934,7 +934,7 @@ def serve(directory: str, host: str = "127.0.0.1", port: int = 9464, *, scope_la
     """Serve the sum of the workers writing to ``directory`` on ``http://{host}:{port}/metrics``.
 
     A fresh ``CollectorRegistry`` holds only the :class:`AggregatingCollector`.
-    ``endpoint_kwargs`` go to ``exporters.prometheus.ScrapeEndpoint`` (``path``,
+    ``endpoint_kwargs`` go to ``traced_transport.exporters.prometheus.ScrapeEndpoint`` (``path``,
     ``certfile``, ``basic_auth``, ...). ``port=0`` picks a free port (``.port``).
     """
     from prometheus_client import CollectorRegistry
@@ -947,7 +947,7 @@ def serve(directory: str, host: str = "127.0.0.1", port: int = 9464, *, scope_la
     return Aggregator(collector, registry, endpoint)
 
 
-if __name__ == "__main__":  # pragma: no cover - python -m exporters.multiworker DIR [PORT]
+if __name__ == "__main__":  # pragma: no cover - python -m traced_transport.exporters.multiworker DIR [PORT]
     logging.basicConfig(level=logging.INFO)
     agg = serve(sys.argv[1], port=int(sys.argv[2]) if len(sys.argv) > 2 else 9464)
     print(f"serving {agg.url}", flush=True)

@@ -11,7 +11,7 @@ What is read here and what is left to the exporters and the SDK:
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: comma-separated; unset means
   ``otlp``, ``none`` means nothing for that signal. ``otlp`` (and the Python names
   ``otlp_proto_http`` / ``otlp_proto_grpc``) and ``console`` are built here;
-  ``prometheus`` is the scrape endpoint's business (``exporters.sdk``); anything
+  ``prometheus`` is the scrape endpoint's business (``traced_transport.exporters.sdk``); anything
   else is logged and skipped.
 - ``OTEL_EXPORTER_OTLP_PROTOCOL`` and ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL``:
   ``http/protobuf`` (the default, as the specification says) or ``grpc``.
@@ -50,7 +50,7 @@ ENDPOINT_VARS = (
 )
 # Exporter names meaning OTLP; the two Python-specific ones also fix the protocol.
 _OTLP_NAMES = {"otlp": None, "otlp_proto_http": "http/protobuf", "otlp_proto_grpc": "grpc"}
-# Handled elsewhere (exporters.sdk), so not worth a warning here.
+# Handled elsewhere (traced_transport.exporters.sdk), so not worth a warning here.
 _ELSEWHERE = {"prometheus"}
 
 _MODULES = {

@@ -8,7 +8,7 @@ registry through a copy taken under its lock.
 ``prometheus_reader(registry)`` makes an OpenTelemetry ``PrometheusMetricReader``
 whose output reaches ``registry`` through :class:`ReaderCollector`, which runs
 one collection at a time and keeps the ``otel_scope_*`` labels off every series
-unless asked. ``exporters.sdk.setup()`` puts the two together.
+unless asked. ``traced_transport.exporters.sdk.setup()`` puts the two together.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ._http import Handler, Response, Server, rate_limited
 
 __all__ = ["ScrapeEndpoint", "ReaderCollector", "prometheus_reader", "exposition"]
 
-logger = logging.getLogger("exporters.prometheus")
+logger = logging.getLogger("traced_transport.exporters.prometheus")
 
 SCOPE_LABEL_PREFIX = "otel_scope_"
 _PLAIN = "text/plain; version=0.0.4; charset=utf-8"

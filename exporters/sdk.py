@@ -1,6 +1,6 @@
 """One call to set up the OpenTelemetry SDK for traced_transport: Prometheus scrape endpoint, OTLP, spans.
 
-    from exporters import sdk
+    from traced_transport.exporters import sdk
     setup = sdk.setup(service_name="my-service")   # http://127.0.0.1:9464/metrics
     ...
     setup.shutdown()
@@ -16,11 +16,11 @@ What ``setup()`` builds:
   into a dedicated ``CollectorRegistry`` (``Setup.prometheus_registry``, never
   prometheus_client's global one), without ``otel_scope_*`` labels unless
   ``scope_labels=True``; ``target_info`` carries the resource. With ``endpoint``
-  a :class:`~exporters.prometheus.ScrapeEndpoint` serves it (loopback and port
+  a :class:`~traced_transport.exporters.prometheus.ScrapeEndpoint` serves it (loopback and port
   9464 unless told otherwise; TLS, client certificates and basic auth optional);
 - with ``traces``: a ``TracerProvider`` (its sampler from ``OTEL_TRACES_SAMPLER`` /
   ``OTEL_TRACES_SAMPLER_ARG``, as the SDK does by default);
-- OTLP readers and span processors from ``exporters.otlp.otlp_components()``
+- OTLP readers and span processors from ``traced_transport.exporters.otlp.otlp_components()``
   when ``otlp`` is True, or when it is None and the environment asks for OTLP
   (``OTEL_EXPORTER_OTLP_ENDPOINT`` or a per-signal endpoint, or
   ``OTEL_{TRACES,METRICS}_EXPORTER`` naming ``otlp``).
@@ -48,7 +48,7 @@ from .prometheus import ScrapeEndpoint, prometheus_reader
 
 __all__ = ["Setup", "setup"]
 
-logger = logging.getLogger("exporters.sdk")
+logger = logging.getLogger("traced_transport.exporters.sdk")
 
 SERVICE_NAME = "service.name"
 SERVICE_INSTANCE_ID = "service.instance.id"
@@ -86,7 +86,7 @@ class Setup:
         return self.endpoint.url if self.endpoint is not None else None
 
     def attach(self, telemetry: Any = None) -> None:
-        """Let every reader built here collect ``telemetry``'s histograms directly (see ``exporters.histograms``).
+        """Let every reader built here collect ``telemetry``'s histograms directly (see ``traced_transport.exporters.histograms``).
 
         ``setup()`` does it for the default Telemetry when its provider became the
         global one; call it for a ``Telemetry(meter_provider=setup.meter_provider)`` of your own.
@@ -138,7 +138,7 @@ def _quietly(what: str, fn: Any, *args: Any) -> None:
     try:
         fn(*args)
     except Exception:  # noqa: BLE001 - shutting down: log and carry on with the rest
-        logger.warning("exporters.sdk: %s failed", what, exc_info=True)
+        logger.warning("traced_transport.exporters.sdk: %s failed", what, exc_info=True)
 
 
 def make_resource(service_name: Optional[str] = None, resource_attributes: Optional[Mapping[str, Any]] = None) -> Any:
@@ -176,18 +176,18 @@ def _otlp_parts(otlp: Optional[bool], resource: Any, *, metrics: bool = True,
     if not _otlp_wanted(otlp, os.environ):
         return [], [], False
     try:
-        module = importlib.import_module("exporters.otlp")
+        module = importlib.import_module("traced_transport.exporters.otlp")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("exporters.otlp",):
+        if exc.name not in ("traced_transport.exporters.otlp",):
             raise
-        logger.warning("exporters.sdk: OTLP export asked for, but exporters.otlp is not available; skipped")
+        logger.warning("traced_transport.exporters.sdk: OTLP export asked for, but traced_transport.exporters.otlp is not available; skipped")
         return [], [], False
     try:
         readers, processors = module.otlp_components(resource, metrics=metrics, traces=traces)
     except ImportError as exc:
         if otlp:  # asked for in code: say so loudly
             raise
-        logger.warning("exporters.sdk: the environment asks for OTLP export, which is skipped: %s", exc)
+        logger.warning("traced_transport.exporters.sdk: the environment asks for OTLP export, which is skipped: %s", exc)
         return [], [], False
     return list(readers), list(processors), True
 
@@ -213,7 +213,7 @@ def _set_global(kind: str, provider: Any) -> bool:
     if already:
         current = metrics.get_meter_provider() if kind == "metrics" else trace.get_tracer_provider()
         logger.warning(
-            "exporters.sdk: a global %s provider (%s) is already set by the application; it is left alone, and "
+            "traced_transport.exporters.sdk: a global %s provider (%s) is already set by the application; it is left alone, and "
             "setup()'s own provider is returned in Setup but not global", kind, type(current).__name__)
         return False
     if kind == "metrics":

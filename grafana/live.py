@@ -57,7 +57,7 @@ class Demo:
 
     def __init__(self, workdir: Path, concurrency: int = 8, seed: int = 1) -> None:
         exe = Path(sys.executable).parent / "traced-transport"
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "exporters.cli"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "traced_transport.exporters.cli"]
         self.log_path = workdir / "demo.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

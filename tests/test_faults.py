@@ -5,9 +5,9 @@ import asyncio
 import logging
 
 import traced_transport as tt
-from traced_transport import _safety
-from traced_transport._classify import conn_key
-from traced_transport._extra import snapshot_extra
+from traced_transport import report as _safety
+from traced_transport.datapath.classify import conn_key
+from traced_transport.datapath.extra import snapshot_extra
 from _helpers import Collect, closed, tcp_pair
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import traced_transport as tt
-from traced_transport import _hooks
+from traced_transport.loops import patches as _hooks
 from _helpers import Collect, closed
 
 

@@ -11,6 +11,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from traced_transport.telemetry.attributes import iana_cipher
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
@@ -306,7 +308,7 @@ def test_span_events_are_capped(run):
 def test_unsampled_connections_compute_no_attributes(run, monkeypatch):
     otel = Otel(sampler=ALWAYS_OFF)
     calls = []
-    import traced_transport._telemetry as tel
+    import traced_transport.telemetry.telemetry as tel
 
     monkeypatch.setattr(tel, "snapshot_extra", lambda t: calls.append(t) or {})
 
@@ -548,13 +550,13 @@ def test_start_tls_handshake_metric_has_version_and_cipher(run, server_ctx, clie
     ((attrs, point, _),) = m["transport.tls.handshake.duration"]
     assert point.count == 1
     assert attrs["tls.protocol.version"] in ("1.2", "1.3")
-    assert attrs["tls.cipher"] == tt._attributes.iana_cipher(openssl_cipher)
+    assert attrs["tls.cipher"] == iana_cipher(openssl_cipher)
     # The connection's own series stay as they opened: no TLS attributes.
     assert all("tls.protocol.version" not in a for a, _, _ in m["transport.connection.duration"])
 
 
 def test_cipher_label_is_an_iana_name_or_other():
-    from traced_transport._attributes import safe_cipher_name
+    from traced_transport.telemetry.attributes import safe_cipher_name
 
     assert safe_cipher_name("ECDHE-RSA-AES128-GCM-SHA256") == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
     assert safe_cipher_name("TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"

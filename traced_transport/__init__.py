@@ -5,14 +5,16 @@ connection it serves gets a proxy transport and a wrapping protocol that count
 bytes, flow-control transitions and lifecycle into a plain per-connection
 record, kept in a thread-safe registry.
 """
-from ._classify import ConnKey
-from ._factory import TracedProtocolFactory, set_max_transport_names, traced, transport_names
-from ._instrument import instrument, is_instrumented, tracing, uninstrument
-from ._proxy import TracedTransport, is_proxy, unwrap
-from ._record import ConnectionRecord, Group, Observer
-from ._registry import Registry, Snapshot, Totals, default_registry
-from ._streams import open_connection, open_unix_connection, start_server, start_unix_server
-from ._telemetry import Telemetry, default_telemetry, set_default_telemetry
+from .datapath.classify import ConnKey
+from .datapath.proxy import TracedTransport, is_proxy, unwrap
+from .datapath.record import ConnectionRecord, Group, Observer
+from .datapath.registry import Registry, Snapshot, Totals, default_registry
+from .loops.factory import TracedProtocolFactory, set_max_transport_names, traced, transport_names
+from .loops.instrument import instrument, is_instrumented, tracing, uninstrument
+from .loops.patches import patched, unpatch
+from .loops.streams import open_connection, open_unix_connection, start_server, start_unix_server
+from .telemetry.telemetry import Telemetry, default_telemetry, set_default_telemetry
+from .version import __version__
 
 connection_span_context = Telemetry.span_context_of
 
@@ -23,9 +25,12 @@ connection_span_context = Telemetry.span_context_of
 # (real transport, our wrapper) instead of (proxy, app protocol). The hooks
 # pass untraced calls straight through. (A uvloop imported after this module
 # is hooked by the first traced() call, with the same first-call gap.)
-from . import _hooks as _hooks_mod  # noqa: E402
+# traced_transport.patched() lists what is replaced; traced_transport.unpatch()
+# puts it back.
+from .loops import hooks as _hooks  # noqa: E402,F401  (registers the hook table)
+from .loops import patches as _patches  # noqa: E402
 
-_hooks_mod.ensure_known_loops()
+_patches.ensure_known_loops()
 
 __all__ = [
     "ConnKey",
@@ -46,6 +51,7 @@ __all__ = [
     "is_proxy",
     "open_connection",
     "open_unix_connection",
+    "patched",
     "set_default_telemetry",
     "set_max_transport_names",
     "start_server",
@@ -54,7 +60,7 @@ __all__ = [
     "tracing",
     "transport_names",
     "uninstrument",
+    "unpatch",
     "unwrap",
+    "__version__",
 ]
-
-__version__ = "0.1.0"

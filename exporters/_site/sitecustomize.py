@@ -14,7 +14,7 @@ def _start() -> None:
     if not directory:
         return
     try:
-        from exporters import run
+        from traced_transport.exporters import run
 
         run.start_in_child(directory)
     except Exception:  # noqa: BLE001 - never stop the app from starting

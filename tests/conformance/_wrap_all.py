@@ -4,7 +4,7 @@ Imported by the conformance child in wrapped mode only. CPython's tests build
 loops directly (``asyncio.SelectorEventLoop()``, subclasses of
 ``BaseEventLoop``), so a policy would not reach them: the factory-taking loop
 methods are patched on the class in the MRO that defines them, which covers
-every subclass. Then ``traced_transport._hooks.ensure()`` runs for the same
+every subclass. Then ``traced_transport.loops.hooks.ensure()`` runs for the same
 classes, so its own hooks (pair mapping, start_tls, sendfile) sit on top of
 ours, as they would on a real loop class.
 """
@@ -15,7 +15,7 @@ import functools
 from asyncio import base_events, events
 
 import traced_transport
-from traced_transport import _hooks
+from traced_transport.loops import patches as _hooks
 from traced_transport import TracedProtocolFactory
 
 NAME = "conformance"
@@ -73,7 +73,7 @@ def install() -> None:
     owners: list[type] = []
     for cls in (base_events.BaseEventLoop, asyncio.SelectorEventLoop):
         for name in METHODS:
-            owner = _hooks._definer(cls, name)
+            owner = _hooks.definer(cls, name)
             if owner is None or owner is events.AbstractEventLoop:
                 continue
             original = vars(owner)[name]

@@ -9,7 +9,7 @@ import os
 
 import traced_transport
 from _plain_app import make_app
-from exporters import multiworker
+from traced_transport.exporters import multiworker
 
 if os.environ.get("TT_MW_MODE") != "sitecustomize":  # else tests/exporters/_mw_site/sitecustomize.py did it
     worker = multiworker.start_worker(os.environ["TT_MW_DIR"],

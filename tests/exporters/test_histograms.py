@@ -1,4 +1,4 @@
-"""Loop-side histogram aggregates handed to SDK readers (exporters.histograms) equal the SDK's own."""
+"""Loop-side histogram aggregates handed to SDK readers (traced_transport.exporters.histograms) equal the SDK's own."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +9,8 @@ from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
 import traced_transport as tt
-from exporters import histograms
-from exporters.prometheus import prometheus_reader
+from traced_transport.exporters import histograms
+from traced_transport.exporters.prometheus import prometheus_reader
 
 HISTOGRAMS = (
     "transport.connection.duration",

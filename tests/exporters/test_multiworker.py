@@ -1,4 +1,4 @@
-"""exporters.multiworker: one scrape with the exact totals of every worker process.
+"""traced_transport.exporters.multiworker: one scrape with the exact totals of every worker process.
 
 - the aggregated exposition is, for one worker, exactly what the OpenTelemetry
   Prometheus exporter gives for the same instruments;
@@ -36,8 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from _util import free_port, samples, total, wait_for  # noqa: E402
 
 import traced_transport as tt  # noqa: E402
-from exporters import multiworker as mw  # noqa: E402
-from exporters.prometheus import prometheus_reader  # noqa: E402
+from traced_transport.exporters import multiworker as mw  # noqa: E402
+from traced_transport.exporters.prometheus import prometheus_reader  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -247,7 +247,7 @@ def test_dead_workers_keep_counters_and_lose_gauges(tmp_path):
 _SIGTERM_CHILD = textwrap.dedent("""
     import asyncio, sys
     import traced_transport
-    from exporters import multiworker
+    from traced_transport.exporters import multiworker
     # a long interval: only the final write (from the SIGTERM handler) can carry the counts
     worker = multiworker.start_worker(sys.argv[1], interval=3600)
     worker.instrument(server_name="echo")

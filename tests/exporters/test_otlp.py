@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 import traced_transport as tt  # noqa: E402
 from _helpers import Collect, closed, tcp_pair  # noqa: E402
 from _otlp_receiver import GRPC, HTTP, OTLPReceiver  # noqa: E402
-from exporters import otlp  # noqa: E402
-from traced_transport._telemetry import DURATION_BUCKETS  # noqa: E402
+from traced_transport.exporters import otlp  # noqa: E402
+from traced_transport.telemetry.telemetry import DURATION_BUCKETS  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 37 + b"tail"  # 9476 bytes
 N = len(PAYLOAD)
@@ -59,7 +59,7 @@ def service(monkeypatch, receiver, request):
 
 @contextlib.contextmanager
 def pipeline():
-    """Providers built from otlp_components() alone, as exporters.sdk does; shut down on exit."""
+    """Providers built from otlp_components() alone, as traced_transport.exporters.sdk does; shut down on exit."""
     resource = Resource.create()
     readers, processors = otlp.otlp_components(resource)
     meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
@@ -344,14 +344,14 @@ CHILD = textwrap.dedent("""
 
     mode, loop_kind = sys.argv[1], sys.argv[2]
     if mode == "sdk":
-        from exporters import sdk
+        from traced_transport.exporters import sdk
         sdk.setup(endpoint=False, otlp=True)
     else:
         from opentelemetry import metrics, trace
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from exporters.otlp import otlp_components
+        from traced_transport.exporters.otlp import otlp_components
         resource = Resource.create()
         readers, processors = otlp_components(resource)
         metrics.set_meter_provider(MeterProvider(metric_readers=readers, resource=resource))
@@ -432,10 +432,10 @@ def test_periodic_export_from_env_in_subprocess(loop_kind, protocol, service, re
 
 
 def test_sdk_setup_exports_over_otlp(service, receiver):
-    """exporters.sdk.setup(endpoint=False, otlp=True) in a fresh process: global providers, OTLP from env."""
+    """traced_transport.exporters.sdk.setup(endpoint=False, otlp=True) in a fresh process: global providers, OTLP from env."""
     import importlib.util
 
-    if importlib.util.find_spec("exporters.sdk") is None:
+    if importlib.util.find_spec("traced_transport.exporters.sdk") is None:
         pytest.skip("exporters/sdk.py is not there yet")
     err = run_child(receiver, service, "sdk", "asyncio", HTTP)
     assert "Traceback" not in err, err
@@ -528,7 +528,7 @@ def test_missing_extra_names_it(service, monkeypatch):
 
 
 def test_module_imports_no_exporter_package():
-    code = ("import sys, exporters.otlp; "
+    code = ("import sys, traced_transport.exporters.otlp; "
             "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.exporter', 'grpc', "
             "'opentelemetry.sdk'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -20,7 +20,7 @@ pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 
 import traced_transport as tt  # noqa: E402
-from exporters import sdk  # noqa: E402
+from traced_transport.exporters import sdk  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "grafana"))
 import live  # noqa: E402  (grafana/live.py: the Prometheus runner the dashboard tests use too)

@@ -1,4 +1,4 @@
-"""The Prometheus scrape endpoint (exporters.prometheus) and exporters.sdk.setup(), over real sockets.
+"""The Prometheus scrape endpoint (traced_transport.exporters.prometheus) and traced_transport.exporters.sdk.setup(), over real sockets.
 
 HTTP clients are http.client and raw sockets; TLS is real (trustme certificates); the traced servers run on
 asyncio and uvloop. Waiting is on data (a response, EOF, an event), never a fixed sleep.
@@ -33,8 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 import traced_transport as tt  # noqa: E402
 from _helpers import Collect  # noqa: E402
-from exporters import _http, sdk  # noqa: E402
-from exporters.prometheus import ReaderCollector, ScrapeEndpoint, exposition  # noqa: E402
+from traced_transport.exporters import _http, sdk  # noqa: E402
+from traced_transport.exporters.prometheus import ReaderCollector, ScrapeEndpoint, exposition  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAIN = "text/plain; version=0.0.4; charset=utf-8"
@@ -312,7 +312,7 @@ def test_collector_failure_is_500_short_and_logged_rate_limited(endpoints, caplo
     reg = CollectorRegistry()
     reg.register(Broken())
     ep = endpoints(reg)
-    with caplog.at_level(logging.WARNING, logger="exporters.http"):
+    with caplog.at_level(logging.WARNING, logger="traced_transport.exporters.http"):
         for _ in range(3):
             status, headers, body = get(ep)
             assert status == 500
@@ -888,7 +888,7 @@ CHILD = textwrap.dedent("""
     import asyncio, json, logging, sys, urllib.request
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import traced_transport as tt
-    from exporters import sdk
+    from traced_transport.exporters import sdk
 
     if sys.argv[1] == "app-first":
         from opentelemetry import metrics, trace

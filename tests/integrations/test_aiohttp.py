@@ -119,7 +119,7 @@ def test_run_app_in_its_own_process(tmp_path, curl, static_dir):
     script.write_text(textwrap.dedent(f"""
         from aiohttp import web
         import traced_transport.aiohttp
-        from exporters.sdk import setup
+        from traced_transport.exporters.sdk import setup
 
         setup(service_name="aiohttp-test", metrics_port={metrics_port})
         app = web.Application()

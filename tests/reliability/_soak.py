@@ -117,7 +117,7 @@ class Tracker:
 
 def instances() -> dict:
     """Every live object of the classes a connection makes, by class name (gc-tracked objects)."""
-    from traced_transport._proxy import TracedTransport
+    from traced_transport.datapath.proxy import TracedTransport
 
     kinds = (TracedTransport, tt.ConnectionRecord, EchoServer, Client)
     out: dict = {}

@@ -21,8 +21,8 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client import CollectorRegistry, Counter  # noqa: E402
 
-from exporters import _http  # noqa: E402
-from exporters.prometheus import ScrapeEndpoint  # noqa: E402
+from traced_transport.exporters import _http  # noqa: E402
+from traced_transport.exporters.prometheus import ScrapeEndpoint  # noqa: E402
 
 ALLOWED = {200, 400, 404, 405, 408, 414, 431, 505}
 EXAMPLES = int(__import__("os").environ.get("TT_FUZZ_EXAMPLES", "300"))

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 import traced_transport as tt
-from traced_transport import _factory
+from traced_transport.loops import factory as _factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,7 +96,7 @@ def test_cap_must_be_a_positive_integer(bad):
 def test_cap_from_the_environment(env, cap):
     code = (
         "import traced_transport as tt\n"
-        "from traced_transport import _factory\n"
+        "from traced_transport.loops import factory as _factory\n"
         f"assert _factory._max_names == {cap}, _factory._max_names\n"
         "refused = 0\n"
         "for i in range(3):\n"

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 import traced_transport as tt  # noqa: E402
 from _echo import Echo  # noqa: E402
-from exporters import sdk  # noqa: E402
+from traced_transport.exporters import sdk  # noqa: E402
 
 CONNECTIONS = 3000
 WAVE = 100

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 import traced_transport as tt  # noqa: E402
 from _echo import Echo  # noqa: E402
-from exporters import sdk  # noqa: E402
-from exporters.prometheus import ScrapeEndpoint  # noqa: E402
+from traced_transport.exporters import sdk  # noqa: E402
+from traced_transport.exporters.prometheus import ScrapeEndpoint  # noqa: E402
 
 METRIC_LABELS = {"transport_name", "transport_side", "network_transport", "network_type", "server_port",
                  "tls_protocol_version", "tls_cipher", "error_type", "le"}

@@ -3,7 +3,7 @@ failing under a collection, the endpoint's port taken. None reaches the app, the
 and each failure is logged once (per site), not once per connection or per collection.
 
 "Hanging" here means an exporter blocked inside the SDK's BatchSpanProcessor thread (the only place an
-exporter runs when the SDK is set up as ``exporters.sdk.setup()`` does); a *synchronous* processor that
+exporter runs when the SDK is set up as ``traced_transport.exporters.sdk.setup()`` does); a *synchronous* processor that
 blocks in ``on_end`` runs on the event loop by the SDK's design and would block any instrumented app.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import traced_transport as tt  # noqa: E402
 from _echo import Echo  # noqa: E402
-from traced_transport import _safety  # noqa: E402
+from traced_transport import report as _safety  # noqa: E402
 
 CONNECTIONS = 200
 
@@ -262,7 +262,7 @@ def test_endpoint_port_taken_fails_setup_early_and_leaves_the_app_alone(run, mon
     thread); a traced app already running carries on exactly."""
     from opentelemetry import metrics, trace
 
-    from exporters import sdk
+    from traced_transport.exporters import sdk
 
     for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"):
         monkeypatch.delenv(var, raising=False)

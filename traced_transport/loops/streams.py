@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Optional
 
-from ._factory import traced
-from ._record import Observer
-from ._registry import Registry
+from .factory import traced
+from ..datapath.record import Observer
+from ..datapath.registry import Registry
 
 _LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._safety import report
+from ..report import report
 
 _SIMPLE = ("peername", "sockname")
 

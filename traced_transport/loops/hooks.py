@@ -28,14 +28,12 @@ import ssl
 import sys
 from typing import Any
 
-from . import _factory as _factory_mod
-from . import _protocols, _proxy
-from ._record import TLS_FAILED, monotonic
-from ._safety import report
-
-_MARK = "__traced_transport_original__"
-_seen: set[type] = set()
-_patched: list[tuple[type, str, Any]] = []
+from ..datapath import protocols as _protocols
+from ..datapath import proxy as _proxy
+from . import factory as _factory_mod
+from . import patches
+from ..datapath.record import TLS_FAILED, monotonic
+from ..report import report
 
 # Loop methods that take a protocol factory, and the side a connection made
 # through them is on (None: decided per call). Used by instrument().
@@ -62,23 +60,6 @@ auto: Any = None
 scope: contextvars.ContextVar = contextvars.ContextVar("traced_transport_scope", default=None)
 
 
-def ensure_for_running_loop() -> None:
-    loop = asyncio.events._get_running_loop()
-    if loop is not None and type(loop) not in _seen:
-        ensure(type(loop))
-
-
-def ensure_known_loops() -> None:
-    """Hook the loop classes an app is about to use, before it calls create_connection."""
-    if asyncio.SelectorEventLoop not in _seen:
-        ensure(asyncio.SelectorEventLoop)
-    uvloop = sys.modules.get("uvloop")
-    loop_cls = getattr(uvloop, "Loop", None)
-    if loop_cls is not None and loop_cls not in _seen:
-        ensure(loop_cls)
-    ensure_for_running_loop()
-
-
 def _hooks_for() -> list:
     hooks: list = [
         ("start_tls", _make_start_tls),
@@ -87,52 +68,6 @@ def _hooks_for() -> list:
     ]
     hooks += [(name, _make_factory_taking) for name in _FACTORY_TAKING]
     return hooks
-
-
-def _definer(loop_cls: type, name: str) -> Any:
-    for klass in loop_cls.__mro__:
-        if name in vars(klass):
-            return klass
-    return None
-
-
-def ensure(loop_cls: type) -> None:
-    """Hook ``loop_cls``'s methods where they are defined, so subclasses and
-    ``super()`` calls go through the hook too; an extension type that cannot be
-    patched is shadowed on ``loop_cls`` itself (uvloop.Loop over uvloop.loop.Loop)."""
-    _seen.add(loop_cls)
-    for name, make in _hooks_for():
-        definer = _definer(loop_cls, name)
-        if definer is None:
-            continue
-        current = vars(definer)[name]
-        if hasattr(current, _MARK):
-            continue
-        hooked = make(current, name)
-        setattr(hooked, _MARK, current)
-        for target in (definer, loop_cls):
-            own = vars(target).get(name)
-            if own is not None and hasattr(own, _MARK):
-                break
-            try:
-                setattr(target, name, hooked)
-            except (TypeError, AttributeError):
-                continue  # an extension type: try the class itself next
-            _patched.append((target, name, own))
-            break
-
-
-def remove_all() -> None:
-    """Undo every hook (uninstrument, tests)."""
-    while _patched:
-        loop_cls, name, own = _patched.pop()
-        hooked = loop_cls.__dict__.get(name)
-        if hooked is not None and hasattr(hooked, _MARK):
-            if own is None:
-                delattr(loop_cls, name)
-            else:
-                setattr(loop_cls, name, own)
-    _seen.clear()
 
 
 def _map_pair(pair: Any) -> Any:
@@ -321,7 +256,7 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
     upgraded = _proxy.make_proxy(app_transport, new, rec)
     new._proxy = upgraded
     if rec.group.capture_extra:
-        from ._extra import snapshot_extra
+        from ..datapath.extra import snapshot_extra
 
         rec.extra = snapshot_extra(upgraded)
     rec.notify("on_tls", app_transport, optional=True)
@@ -384,3 +319,6 @@ def _restore_transport_map(loop, proxy) -> None:
             transports[fd] = inner
     except Exception as exc:  # noqa: BLE001
         report("sendfile.restore", exc)
+
+
+patches.register(_hooks_for)

@@ -12,10 +12,11 @@ import importlib
 import threading
 from typing import Any, Iterator, Optional
 
-from . import _hooks
-from ._factory import TracedProtocolFactory, traced
-from ._record import Observer
-from ._registry import Registry
+from . import hooks as _hooks
+from . import patches
+from .factory import TracedProtocolFactory, traced
+from ..datapath.record import Observer
+from ..datapath.registry import Registry
 
 _NETWORK = frozenset({
     "create_server", "create_unix_server", "connect_accepted_socket",
@@ -92,14 +93,14 @@ def instrument(
     """
     with _lock:
         _hooks.auto = _Auto(server_name, client_name, pipes, observer, registry)
-        _hooks.ensure(asyncio.BaseEventLoop)
-        _hooks.ensure(asyncio.SelectorEventLoop)
+        patches.ensure(asyncio.BaseEventLoop)
+        patches.ensure(asyncio.SelectorEventLoop)
         try:
             uvloop = importlib.import_module("uvloop")
         except ImportError:
             uvloop = None
         if uvloop is not None:
-            _hooks.ensure(uvloop.Loop)
+            patches.ensure(uvloop.Loop)
 
 
 @contextlib.contextmanager
@@ -123,7 +124,7 @@ def tracing(
     Factories already wrapped with ``traced()`` are left as they are, and
     inside the block the scope wins over ``instrument()``.
     """
-    _hooks.ensure_known_loops()
+    patches.ensure_known_loops()
     token = _hooks.scope.set(_Auto(server_name, client_name, pipes, observer, registry))
     try:
         yield
@@ -137,7 +138,7 @@ def uninstrument() -> None:
     The loop hooks stay: they pass untraced calls straight through, and
     ``loop.create_connection(traced(f), ...)`` needs them in place *before*
     the call, since Python looks the method up before it evaluates
-    ``traced(f)``. ``_hooks.remove_all()`` still removes them (tests)."""
+    ``traced(f)``. ``traced_transport.unpatch()`` removes them."""
     with _lock:
         _hooks.auto = None
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from . import _proxy
-from ._record import ConnectionRecord
+from . import proxy as _proxy
+from .record import ConnectionRecord
 
 
 class _Wrapper:
     """Shared behaviour; the concrete classes add the protocol base and the slots."""
 
     __slots__ = ()
+    # The proxy's get_protocol() looks for this flag (it does not import us).
+    _traced_wrapper = True
     _app: Any
     _rec: ConnectionRecord
     _proxy: Any
@@ -51,6 +53,18 @@ class _Wrapper:
         proxy = self._proxy
         if proxy is not None and proxy._wrapper is self:
             proxy._wrapper = None
+
+    def _replace_app(self, protocol: Any, proxy: Any) -> None:
+        """``proxy.set_protocol(protocol)``: keep this wrapper if the read path is the same."""
+        cls = wrapper_class(protocol, self._rec)
+        if type(self) is cls:
+            self._app = protocol
+            return
+        new = cls(protocol, self._rec)
+        new._proxy = proxy
+        self._proxy = None
+        proxy._wrapper = new
+        proxy._transport.set_protocol(new)
 
     def pause_writing(self) -> None:
         self._rec.writing_paused()
@@ -161,7 +175,7 @@ def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
     """The wrapper class for ``app`` in ``rec``'s group (its span-context variant if opted in)."""
     cls = wrapper_class_for(app, loop)
     if rec.group.parent_context:
-        from ._context import context_variant
+        from .context import context_variant
 
         cls = context_variant(cls)
     return cls

@@ -36,10 +36,9 @@ from __future__ import annotations
 import asyncio
 from asyncio import transports as _transports
 from types import FunctionType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from . import _protocols
-from ._record import ConnectionRecord
+from .record import ConnectionRecord
 
 
 def _nbytes(data: Any) -> int:
@@ -213,22 +212,17 @@ def set_protocol(self, protocol):
         # Connection over, or a pipe of a subprocess: nothing of ours in between.
         self._transport.set_protocol(protocol)
         return
-    cls = _protocols.wrapper_class(protocol, self._rec)
-    if type(wrapper) is cls:
-        # Same read path: keep our wrapper installed and re-point it.
-        wrapper._app = protocol
-        return
-    # The read path changes (plain <-> buffered): install a wrapper of the other
-    # kind so the real transport picks the right path, as it would for `protocol`.
-    new = cls(protocol, self._rec)
-    new._proxy = self
-    wrapper._proxy = None
-    self._wrapper = new
-    self._transport.set_protocol(new)
+    # The wrapper decides: re-point itself, or install a wrapper of another
+    # read path (plain <-> buffered) so the real transport picks the path it
+    # would pick for `protocol`.
+    wrapper._replace_app(protocol, self)
 
 
 def get_protocol(self):
-    return _protocols.app_of(self._transport.get_protocol())
+    protocol = self._transport.get_protocol()
+    if getattr(type(protocol), "_traced_wrapper", False):
+        return protocol._app
+    return protocol
 
 
 def get_extra_info(self, name, default=None):

@@ -7,9 +7,10 @@ import threading
 from asyncio.events import _get_running_loop
 from typing import Any, Callable, Optional
 
-from . import _hooks, _protocols
-from ._record import ConnectionRecord, Group, Observer
-from ._registry import Registry, default_registry
+from ..datapath import protocols as _protocols
+from . import patches
+from ..datapath.record import ConnectionRecord, Group, Observer
+from ..datapath.registry import Registry, default_registry
 
 _class_cache = _protocols._class_cache
 
@@ -94,8 +95,8 @@ class TracedProtocolFactory:
         app = self.protocol_factory(*args, **kwargs)
         loop = _get_running_loop()
         loop_cls = type(loop)
-        if loop_cls not in _hooks._seen and loop is not None:
-            _hooks.ensure(loop_cls)
+        if loop_cls not in patches._seen and loop is not None:
+            patches.ensure(loop_cls)
         group = self.group
         # _protocols.wrap() inlined for the common case (runs once per connection).
         cls = _class_cache.get((type(app), loop_cls))
@@ -139,10 +140,10 @@ def traced(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     _admit_name(name)
-    _hooks.ensure_known_loops()
+    patches.ensure_known_loops()
     if observer is None and registry is None:
         # The default: OpenTelemetry through the global providers.
-        from ._telemetry import default_telemetry
+        from ..telemetry.telemetry import default_telemetry
 
         observer = default_telemetry()
     if registry is None:

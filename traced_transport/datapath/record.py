@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from ._classify import conn_key
-from ._safety import report
+from .classify import conn_key
+from ..report import report
 
 if TYPE_CHECKING:
-    from ._registry import Registry
+    from .registry import Registry
 
 monotonic = time.monotonic
 # Wall-clock time of a monotonic instant, for access logs and span timestamps,
@@ -204,7 +204,7 @@ class ConnectionRecord:
             report("classify", exc)
             self.key = conn_key(group, None)
         if group.capture_extra:
-            from ._extra import snapshot_extra
+            from .extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
         group.registry._opened(self)

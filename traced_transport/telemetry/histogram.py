@@ -7,7 +7,7 @@ aggregation the SDK would make with the same bucket boundaries: cumulative
 counts per bucket (upper bound inclusive, as OpenTelemetry defines them), sum,
 count, min and max, per attribute set.
 
-Who reads it: ``exporters.histograms.attach(reader)`` merges these points into
+Who reads it: ``traced_transport.exporters.histograms.attach(reader)`` merges these points into
 what an SDK metric reader collects. Until a reader is attached, Telemetry also
 hands every value to the API histogram, so an app with its own SDK set-up loses
 nothing.

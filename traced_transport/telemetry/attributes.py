@@ -9,7 +9,7 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from ._classify import ConnKey
+from ..datapath.classify import ConnKey
 
 # Python's ssl module reports OpenSSL cipher names; semantic conventions want
 # IANA names. TLS 1.3 names are the same in both; TLS 1.2 suites differ, so the

@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ._classify import ConnKey
-from ._record import ConnectionRecord, monotonic
+from .classify import ConnKey
+from .record import ConnectionRecord, monotonic
 
 
 @dataclass

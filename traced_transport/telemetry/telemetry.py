@@ -17,17 +17,17 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
-from ._classify import ConnKey, tls_version_of
-from ._extra import snapshot_extra
-from ._histogram import HistogramAggregate
-from ._record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
-from ._registry import Registry, Totals, default_registry
-from ._safety import report
+from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
+from ..datapath.classify import ConnKey, tls_version_of
+from ..datapath.extra import snapshot_extra
+from .histogram import HistogramAggregate
+from ..datapath.record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
+from ..datapath.registry import Registry, default_registry
+from ..report import report
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
-_VERSION = "0.1.0"
+from ..version import __version__ as _VERSION
 
 # Semantic-convention advice (as for kestrel.connection.duration and
 # kestrel.tls_handshake.duration): seconds, not the SDK's millisecond defaults.
@@ -45,7 +45,7 @@ class _SpanState:
         self.span = span
         self.events = 0
         self.dropped = 0
-        # Read by the span-context wrappers (traced_transport._context).
+        # Read by the span-context wrappers (traced_transport.datapath.context).
         self.context = trace.set_span_in_context(span) if parent_context else None
 
 
@@ -133,7 +133,7 @@ class Telemetry:
             "Bytes buffered for sending, summed over open connections")
         # Histograms are aggregated here, on the loop (see _histogram); the API
         # instruments receive the values too until a reader takes the
-        # aggregates directly (exporters.histograms.attach).
+        # aggregates directly (traced_transport.exporters.histograms.attach).
         self.histograms: dict[str, HistogramAggregate] = {}
         self._duration = self._histogram(
             m, "transport.connection.duration", "Connection duration, recorded at close", DURATION_BUCKETS)
@@ -153,7 +153,7 @@ class Telemetry:
     def histogram_reader(self, attached: bool) -> None:
         """A reader that collects ``self.histograms`` itself was attached (or detached).
 
-        Called by ``exporters.histograms``. While at least one is attached, a
+        Called by ``traced_transport.exporters.histograms``. While at least one is attached, a
         connection's end costs a bisect instead of an SDK ``record()``. Values
         still pending are dropped then: the aggregates hold them already.
         """

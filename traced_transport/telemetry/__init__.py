@@ -1,0 +1,2 @@
+"""Records into OpenTelemetry (API only): observable instruments over the registry,
+histograms aggregated on the loop, one span per connection."""
