@@ -11,6 +11,7 @@ the exported metrics and the span counts must agree with the sum of the sessions
 be left: no live record, no proxy, protocol or record object after gc. Memory is RSS and
 tracemalloc-free (tracemalloc would halve the speed); the soak (bench/soak.py) measures the heap.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,10 @@ def rss_kib() -> int:
 
 
 def run_loop(kind: str, target: int) -> dict:
+    import _chaos
     import trustme
     from hypothesis import HealthCheck, given, settings
 
-    import _chaos
     import traced_transport as tt
     from traced_transport.datapath.proxy import TracedTransport
 
@@ -65,7 +66,7 @@ def run_loop(kind: str, target: int) -> dict:
     def chunk(batch):
         outcomes = loop.run_until_complete(asyncio.wait_for(harness.run_batch(batch), 120))
         _chaos.check(outcomes, batch)
-        done.extend(outcomes)
+        done.extend(outcomes)  # noqa: F821 (deleted after the last call, on purpose)
 
     chunk()  # warm-up: classes, caches, the SDK's attribute sets
     gc.collect()
@@ -116,23 +117,33 @@ def main() -> None:
         print(json.dumps(run_loop(args.loop, args.sessions)))
         return
     kinds = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--loop", k, "--sessions", str(args.sessions)],
-                              stdout=subprocess.PIPE, text=True) for k in kinds]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", "--loop", k, "--sessions", str(args.sessions)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in kinds
+    ]
     results = []
     for p in procs:
         out, _ = p.communicate()
         if p.returncode != 0:
             sys.exit(f"chaos run failed (exit {p.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print("| loop | sessions | with TLS | ends (close/write_eof/peer_close/abort/peer_reset) | bytes | time | "
-          "RSS before → after | leaks found |")
+    print(
+        "| loop | sessions | with TLS | ends (close/write_eof/peer_close/abort/peer_reset) | bytes | time | "
+        "RSS before → after | leaks found |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ends = "/".join(f"{r['ends'][e]:,}" for e in ("close", "write_eof", "peer_close", "abort", "peer_reset"))
         leaks = sum(r["leaked"].values())
-        print(f"| {r['loop']} | {r['sessions']:,} | {r['tls_sessions']:,} | {ends} | {r['bytes'] / 1e9:.2f} GB | "
-              f"{r['seconds']:.0f} s | {r['rss_before_kib'] / 1024:.1f} → {r['rss_after_kib'] / 1024:.1f} MiB | "
-              f"{leaks} |")
+        print(
+            f"| {r['loop']} | {r['sessions']:,} | {r['tls_sessions']:,} | {ends} | {r['bytes'] / 1e9:.2f} GB | "
+            f"{r['seconds']:.0f} s | {r['rss_before_kib'] / 1024:.1f} → {r['rss_after_kib'] / 1024:.1f} MiB | "
+            f"{leaks} |"
+        )
     print(f"total sessions: {sum(r['sessions'] for r in results):,}; every session checked, 0 failures")
     if args.json:
         with open(args.json, "w") as f:

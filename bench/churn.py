@@ -14,6 +14,7 @@ server's CPU time per connection is reported too: it is what a busier server wou
 Rounds alternate the modes so drift on this shared machine hits them alike; medians are reported.
 Targets (issue 3): sampled >= 0.85x plain, unsampled >= 0.97x plain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -187,8 +188,13 @@ def main() -> None:
         med = {m: statistics.median(v) for m, v in rates.items()}
         cpu = {m: statistics.median(v) for m, v in cpus.items()}
         results[loop_kind] = {
-            m: {"conn_per_s": med[m], "ratio": med[m] / med["plain"], "server_cpu_us_per_conn": cpu[m],
-                "cpu_ratio": cpu[m] / cpu["plain"], "runs": rates[m]}
+            m: {
+                "conn_per_s": med[m],
+                "ratio": med[m] / med["plain"],
+                "server_cpu_us_per_conn": cpu[m],
+                "cpu_ratio": cpu[m] / cpu["plain"],
+                "runs": rates[m],
+            }
             for m in MODES
         }
     # Capacity: connections per second of a server CPU-bound on this work (plain's CPU over the mode's);
@@ -199,8 +205,10 @@ def main() -> None:
     for loop_kind, res in results.items():
         for m in MODES:
             r = res[m]
-            print(f"| {loop_kind} | {m} | {r['conn_per_s']:,.0f} | {r['ratio']:.3f} | {targets[m]} | "
-                  f"{r['server_cpu_us_per_conn']:.1f} µs | {1 / r['cpu_ratio']:.2f}x |")
+            print(
+                f"| {loop_kind} | {m} | {r['conn_per_s']:,.0f} | {r['ratio']:.3f} | {targets[m]} | "
+                f"{r['server_cpu_us_per_conn']:.1f} µs | {1 / r['cpu_ratio']:.2f}x |"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -8,6 +8,7 @@ uvloop client process outside valgrind); (LARGE - SMALL) / (LARGE - SMALL
 connections) is the cost of one connection, start-up excluded. Modes as in
 churn.py; each ends with one metric collection, as a scrape would make.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,9 +88,21 @@ def client(port: int, n: int) -> None:
 def instructions(mode: str, loop_kind: str, n: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable, __file__,
-             "--serve", mode, loop_kind, str(n)],
-            capture_output=True, text=True, timeout=900)
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                __file__,
+                "--serve",
+                mode,
+                loop_kind,
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or not found:
         raise SystemExit(f"callgrind run failed ({mode}, {loop_kind}, {n}):\n{proc.stderr[-2000:]}")
@@ -111,7 +124,7 @@ def main() -> None:
         rows.append((mode, per_conn))
         print(f"{mode}: {per_conn:,.0f} instructions per connection", file=sys.stderr, flush=True)
     plain = dict(rows).get("plain")
-    print(f"\n| loop | mode | instructions per connection | added vs plain |")
+    print("\n| loop | mode | instructions per connection | added vs plain |")
     print("|---|---|---|---|")
     for mode, per_conn in rows:
         added = f"+{per_conn - plain:,.0f}" if plain is not None and mode != "plain" else ""

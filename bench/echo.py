@@ -66,6 +66,7 @@ Usage::
 A markdown table goes to stdout (paste it into the README); ``--json PATH``
 writes every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,6 +109,7 @@ TARGETS = {
 # Server side (runs in the child process)
 # =============================================================================
 
+
 class _Control:
     """Connection counting for the control channel (the same in every mode)."""
 
@@ -148,6 +150,7 @@ class Echo(asyncio.Protocol):
 
 
 # -- the reference forwarding wrapper: forward everything, count nothing -------
+
 
 class RefTransport(asyncio.Transport):
     __slots__ = ("_t",)
@@ -312,8 +315,7 @@ def server_main(args) -> None:
         tracemalloc.start()
     loop = new_loop(args.loop)
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        loop.create_server(make_factory(args.mode), HOST, 0, backlog=4096))
+    server = loop.run_until_complete(loop.create_server(make_factory(args.mode), HOST, 0, backlog=4096))
     port = server.sockets[0].getsockname()[1]
     state = {"mark": None, "buf": b""}
 
@@ -332,8 +334,7 @@ def server_main(args) -> None:
         out = measure()
         mark = state["mark"]
         if args.tracemalloc and mark is not None:
-            snap = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
             top = snap.compare_to(mark, "lineno")[:25]
             out["top"] = [[str(s.traceback[0]), s.size_diff, s.count_diff] for s in top]
         reply(out)
@@ -353,8 +354,7 @@ def server_main(args) -> None:
     def mark() -> None:
         out = measure()
         if args.tracemalloc:
-            state["mark"] = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            state["mark"] = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         reply(out)
 
     def command(line: str) -> None:
@@ -401,15 +401,23 @@ def server_main(args) -> None:
 # Client side (this process)
 # =============================================================================
 
+
 class ServerProc:
     """A server child process and its line-based control channel."""
 
-    def __init__(self, loop_kind: str, mode: str, *, tracemalloc: bool = False,
-                 nofile: int = 1024, valgrind: list | None = None,
-                 exit_on_close: bool = False, env: dict | None = None,
-                 start_timeout: float = 120.0) -> None:
-        cmd = [sys.executable, HERE, "--_server", "--loop", loop_kind, "--mode", mode,
-               "--nofile", str(nofile)]
+    def __init__(
+        self,
+        loop_kind: str,
+        mode: str,
+        *,
+        tracemalloc: bool = False,
+        nofile: int = 1024,
+        valgrind: list | None = None,
+        exit_on_close: bool = False,
+        env: dict | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        cmd = [sys.executable, HERE, "--_server", "--loop", loop_kind, "--mode", mode, "--nofile", str(nofile)]
         if tracemalloc:
             cmd.append("--tracemalloc")
         if exit_on_close:
@@ -417,8 +425,7 @@ class ServerProc:
         if valgrind:
             cmd = valgrind + cmd
         self.loop_kind, self.mode = loop_kind, mode
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=env, bufsize=0)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         self._buf = b""
         hello = self.read(start_timeout)
         self.port, self.pid = hello["port"], hello["pid"]
@@ -432,8 +439,7 @@ class ServerProc:
                 raise TimeoutError(f"server {self.loop_kind}/{self.mode} did not answer in {timeout}s")
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError(f"server {self.loop_kind}/{self.mode} exited "
-                                   f"(rc={self.proc.wait()})")
+                raise RuntimeError(f"server {self.loop_kind}/{self.mode} exited (rc={self.proc.wait()})")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
@@ -548,8 +554,7 @@ async def close_all(protos: list) -> None:
     await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 60)
 
 
-async def load_run(server: ServerProc, size: int, conns: int, duration: float,
-                   max_rt: int) -> dict:
+async def load_run(server: ServerProc, size: int, conns: int, duration: float, max_rt: int) -> dict:
     """One measured ping-pong run against ``server``."""
     protos = await connect_pingpong(server.port, size, conns)
     lat: list = []
@@ -557,8 +562,7 @@ async def load_run(server: ServerProc, size: int, conns: int, duration: float,
     cpu0 = server.cpu_ns()
     t0 = time.perf_counter_ns()
     deadline = t0 + int(duration * 1e9)
-    counts = await asyncio.wait_for(
-        asyncio.gather(*(p.go(per_conn, deadline, lat) for p in protos)), duration + 60)
+    counts = await asyncio.wait_for(asyncio.gather(*(p.go(per_conn, deadline, lat) for p in protos)), duration + 60)
     t1 = time.perf_counter_ns()
     cpu1 = server.cpu_ns()
     await close_all(protos)
@@ -590,6 +594,7 @@ def _median(xs):
 
 # -- throughput --------------------------------------------------------------
 
+
 def bench_throughput(cfg, cl) -> list:
     results = []
     for loop_kind in cfg.loops:
@@ -607,8 +612,9 @@ def bench_throughput(cfg, cl) -> list:
                     if (r // len(cfg.modes)) % 2:
                         order.reverse()
                     for m in order:
-                        runs[m].append(cl.run_until_complete(
-                            load_run(servers[m], size, cfg.conns, cfg.duration, cfg.max_rt)))
+                        runs[m].append(
+                            cl.run_until_complete(load_run(servers[m], size, cfg.conns, cfg.duration, cfg.max_rt))
+                        )
             finally:
                 for s in servers.values():
                     s.stop()
@@ -616,35 +622,41 @@ def bench_throughput(cfg, cl) -> list:
             for m in cfg.modes:
                 rs = runs[m]
                 row = {
-                    "loop": loop_kind, "size": size, "mode": m,
+                    "loop": loop_kind,
+                    "size": size,
+                    "mode": m,
                     "rt_per_s": _median([x["rt_per_s"] for x in rs]),
                     "ratio": _median([x["rt_per_s"] / b["rt_per_s"] for x, b in zip(rs, base)]),
                     "ratio_min": min(x["rt_per_s"] / b["rt_per_s"] for x, b in zip(rs, base)),
                     "ratio_max": max(x["rt_per_s"] / b["rt_per_s"] for x, b in zip(rs, base)),
                     "server_cpu_us_per_rt": _median([x["server_cpu_ns_per_rt"] for x in rs]) / 1e3,
-                    "server_cpu_ratio": _median([x["server_cpu_ns_per_rt"] / b["server_cpu_ns_per_rt"]
-                                                 for x, b in zip(rs, base)]),
+                    "server_cpu_ratio": _median(
+                        [x["server_cpu_ns_per_rt"] / b["server_cpu_ns_per_rt"] for x, b in zip(rs, base)]
+                    ),
                     "p50_us": _median([x["p50_us"] for x in rs]),
                     "p99_us": _median([x["p99_us"] for x in rs]),
                     "rounds": len(rs),
                     "runs": rs,
                 }
                 results.append(row)
-                print(f"  throughput {loop_kind:7s} {size:6d} B {m:9s} {row['rt_per_s']:9.0f} rt/s "
-                      f"x{row['ratio']:.3f} [{row['ratio_min']:.3f}..{row['ratio_max']:.3f}] "
-                      f"cpu {row['server_cpu_us_per_rt']:.2f} us/rt  "
-                      f"p50 {row['p50_us']:.0f} us p99 {row['p99_us']:.0f} us", file=sys.stderr)
+                print(
+                    f"  throughput {loop_kind:7s} {size:6d} B {m:9s} {row['rt_per_s']:9.0f} rt/s "
+                    f"x{row['ratio']:.3f} [{row['ratio_min']:.3f}..{row['ratio_max']:.3f}] "
+                    f"cpu {row['server_cpu_us_per_rt']:.2f} us/rt  "
+                    f"p50 {row['p50_us']:.0f} us p99 {row['p99_us']:.0f} us",
+                    file=sys.stderr,
+                )
     return results
 
 
 # -- memory -------------------------------------------------------------------
 
+
 async def open_idle(port: int, n: int, batch: int = 500) -> list:
     loop = asyncio.get_running_loop()
     protos = []
     for i in range(0, n, batch):
-        pairs = await asyncio.gather(*(loop.create_connection(Idle, HOST, port)
-                                       for _ in range(min(batch, n - i))))
+        pairs = await asyncio.gather(*(loop.create_connection(Idle, HOST, port) for _ in range(min(batch, n - i))))
         protos.extend(p for _, p in pairs)
     return protos
 
@@ -679,22 +691,30 @@ def bench_memory(cfg, cl) -> list:
         for m in cfg.modes:
             tm = memory_run(cl, loop_kind, m, n, tracemalloc=True)
             rss = memory_run(cl, loop_kind, m, n, tracemalloc=False)
-            rows[m] = {"loop": loop_kind, "mode": m, "conns": n,
-                       "heap_per_conn": tm["heap_per_conn"],
-                       "rss_per_conn": rss["rss_per_conn"], "top": tm["top"]}
+            rows[m] = {
+                "loop": loop_kind,
+                "mode": m,
+                "conns": n,
+                "heap_per_conn": tm["heap_per_conn"],
+                "rss_per_conn": rss["rss_per_conn"],
+                "top": tm["top"],
+            }
         for m in cfg.modes:
             row = rows[m]
             row["extra_heap_per_conn"] = row["heap_per_conn"] - rows["unwrapped"]["heap_per_conn"]
             row["extra_rss_per_conn"] = row["rss_per_conn"] - rows["unwrapped"]["rss_per_conn"]
             results.append(row)
-            print(f"  memory {loop_kind:7s} {m:9s} heap {row['heap_per_conn']:7.0f} B/conn "
-                  f"({row['extra_heap_per_conn']:+.0f})  "
-                  f"rss {row['rss_per_conn']:7.0f} B/conn (+{row['extra_rss_per_conn']:.0f})",
-                  file=sys.stderr)
+            print(
+                f"  memory {loop_kind:7s} {m:9s} heap {row['heap_per_conn']:7.0f} B/conn "
+                f"({row['extra_heap_per_conn']:+.0f})  "
+                f"rss {row['rss_per_conn']:7.0f} B/conn (+{row['extra_rss_per_conn']:.0f})",
+                file=sys.stderr,
+            )
     return results
 
 
 # -- callgrind ----------------------------------------------------------------
+
 
 def _callgrind_total(path: str) -> int:
     with open(path) as f:
@@ -712,8 +732,9 @@ def _callgrind_functions(path: str) -> dict:
     exe = shutil.which("callgrind_annotate")
     if exe is None:
         return {}
-    text = subprocess.run([exe, "--inclusive=no", "--threshold=100", path],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [exe, "--inclusive=no", "--threshold=100", path], capture_output=True, text=True, check=True
+    ).stdout
     out: dict = {}
     started = False
     for line in text.splitlines():
@@ -740,8 +761,13 @@ async def _pingpong_fixed(port: int, n: int) -> None:
 
 def callgrind_run(cl, loop_kind: str, mode: str, n: int, outdir: str) -> str:
     out = os.path.join(outdir, f"callgrind.out.{loop_kind}.{mode}.{n}")
-    valgrind = [cfg_valgrind(), "--tool=callgrind", f"--callgrind-out-file={out}",
-                f"--log-file={out}.log", "--dump-line=no"]
+    valgrind = [
+        cfg_valgrind(),
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        f"--log-file={out}.log",
+        "--dump-line=no",
+    ]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
     server = ServerProc(loop_kind, mode, valgrind=valgrind, exit_on_close=True, env=env)
     try:
@@ -780,13 +806,23 @@ def bench_callgrind(cfg, cl) -> list:
                 files[m] = (f1, f2)
                 per[m] = (_callgrind_total(f2) - _callgrind_total(f1)) / (n2 - n1)
             for m in cfg.cg_modes:
-                row = {"loop": loop_kind, "mode": m, "size": 64, "n1": n1, "n2": n2,
-                       "instr_per_rt": per[m], "added_per_rt": per[m] - per["unwrapped"]}
+                row = {
+                    "loop": loop_kind,
+                    "mode": m,
+                    "size": 64,
+                    "n1": n1,
+                    "n2": n2,
+                    "instr_per_rt": per[m],
+                    "added_per_rt": per[m] - per["unwrapped"],
+                }
                 if cfg.profile and m != "unwrapped":
                     row["functions_added_per_rt"] = _function_diff(files[m], files["unwrapped"], n2 - n1)
                 results.append(row)
-                print(f"  callgrind {loop_kind:7s} {m:9s} {row['instr_per_rt']:9.0f} instr/rt "
-                      f"(+{row['added_per_rt']:.0f})", file=sys.stderr)
+                print(
+                    f"  callgrind {loop_kind:7s} {m:9s} {row['instr_per_rt']:9.0f} instr/rt "
+                    f"(+{row['added_per_rt']:.0f})",
+                    file=sys.stderr,
+                )
     finally:
         if not cfg.keep:
             shutil.rmtree(outdir, ignore_errors=True)
@@ -807,6 +843,7 @@ def _function_diff(mode_files, base_files, dn: int, top: int = 15) -> list:
 # =============================================================================
 # Report
 # =============================================================================
+
 
 def _fmt_size(size: int) -> str:
     return f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
@@ -834,54 +871,84 @@ def report(res: dict) -> str:
             refs = [find(cg, loop=loop_kind, mode=m) for m in ("reference", "reference_getattr")]
             note = " / ".join(f"+{x['added_per_rt']:,.0f}" for x in refs if x)
             note = f" (reference wrappers: {note})" if note else ""
-            summary.append((f"Added instructions / round trip, {loop_kind} 64 B",
-                            f"≤ {TARGETS['added_instructions']:,}", f"+{r['added_per_rt']:,.0f}{note}",
-                            r["added_per_rt"] <= TARGETS["added_instructions"]))
+            summary.append(
+                (
+                    f"Added instructions / round trip, {loop_kind} 64 B",
+                    f"≤ {TARGETS['added_instructions']:,}",
+                    f"+{r['added_per_rt']:,.0f}{note}",
+                    r["added_per_rt"] <= TARGETS["added_instructions"],
+                )
+            )
     for size, key in ((64, "throughput_64"), (65536, "throughput_64k")):
         r = find(tp, loop="uvloop", size=size, mode="traced")
         if r:
-            summary.append((f"Throughput vs unwrapped, uvloop {_fmt_size(size)}",
-                            f"≥ {TARGETS[key]:.2f}x", f"{r['ratio']:.3f}x", r["ratio"] >= TARGETS[key]))
+            summary.append(
+                (
+                    f"Throughput vs unwrapped, uvloop {_fmt_size(size)}",
+                    f"≥ {TARGETS[key]:.2f}x",
+                    f"{r['ratio']:.3f}x",
+                    r["ratio"] >= TARGETS[key],
+                )
+            )
     for loop_kind in LOOPS:
         r = find(mem, loop=loop_kind, mode="traced")
         if r:
-            summary.append((f"Extra heap per idle connection, {loop_kind}",
-                            f"≤ {TARGETS['extra_bytes_per_conn']} B",
-                            f"{r['extra_heap_per_conn']:.0f} B (RSS {r['extra_rss_per_conn']:+.0f} B)",
-                            r["extra_heap_per_conn"] <= TARGETS["extra_bytes_per_conn"]))
+            summary.append(
+                (
+                    f"Extra heap per idle connection, {loop_kind}",
+                    f"≤ {TARGETS['extra_bytes_per_conn']} B",
+                    f"{r['extra_heap_per_conn']:.0f} B (RSS {r['extra_rss_per_conn']:+.0f} B)",
+                    r["extra_heap_per_conn"] <= TARGETS["extra_bytes_per_conn"],
+                )
+            )
     if summary:
         lines += ["| Target | Limit | traced_transport | Met |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {_ok(d)} |" for a, b, c, d in summary]
         lines.append("")
     if cg:
-        lines += ["Instructions per round trip (server, user space, callgrind, 64 B ping-pong, "
-                  f"N = {cg[0]['n2']} - {cg[0]['n1']}):", "",
-                  "| Loop | Mode | Instructions / round trip | Added vs unwrapped |", "|---|---|---|---|"]
+        lines += [
+            "Instructions per round trip (server, user space, callgrind, 64 B ping-pong, "
+            f"N = {cg[0]['n2']} - {cg[0]['n1']}):",
+            "",
+            "| Loop | Mode | Instructions / round trip | Added vs unwrapped |",
+            "|---|---|---|---|",
+        ]
         for r in cg:
             added = "—" if r["mode"] == "unwrapped" else f"+{r['added_per_rt']:,.0f}"
             lines.append(f"| {r['loop']} | {r['mode']} | {r['instr_per_rt']:,.0f} | {added} |")
         lines.append("")
     if tp:
-        lines += [f"Ping-pong throughput ({res['config']['conns']} connections, "
-                  f"median of {tp[0]['rounds']} interleaved rounds of {res['config']['duration']} s):", "",
-                  "| Loop | Size | Mode | Round trips/s | vs unwrapped | Server CPU / round trip | p50 | p99 |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Ping-pong throughput ({res['config']['conns']} connections, "
+            f"median of {tp[0]['rounds']} interleaved rounds of {res['config']['duration']} s):",
+            "",
+            "| Loop | Size | Mode | Round trips/s | vs unwrapped | Server CPU / round trip | p50 | p99 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in tp:
             ratio = "1" if r["mode"] == "unwrapped" else f"{r['ratio']:.3f}x"
-            lines.append(f"| {r['loop']} | {_fmt_size(r['size'])} | {r['mode']} | {r['rt_per_s']:,.0f} | "
-                         f"{ratio} | {r['server_cpu_us_per_rt']:.2f} µs ({r['server_cpu_ratio']:.3f}x) | "
-                         f"{r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs |")
+            lines.append(
+                f"| {r['loop']} | {_fmt_size(r['size'])} | {r['mode']} | {r['rt_per_s']:,.0f} | "
+                f"{ratio} | {r['server_cpu_us_per_rt']:.2f} µs ({r['server_cpu_ratio']:.3f}x) | "
+                f"{r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs |"
+            )
         lines.append("")
     if mem:
-        lines += [f"Memory per idle connection ({mem[0]['conns']:,} connections; heap = tracemalloc, "
-                  "RSS = separate run without tracemalloc):", "",
-                  "| Loop | Mode | Heap / conn | Extra heap | RSS / conn | Extra RSS |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"Memory per idle connection ({mem[0]['conns']:,} connections; heap = tracemalloc, "
+            "RSS = separate run without tracemalloc):",
+            "",
+            "| Loop | Mode | Heap / conn | Extra heap | RSS / conn | Extra RSS |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in mem:
             extra = r["mode"] != "unwrapped"
-            lines.append(f"| {r['loop']} | {r['mode']} | {r['heap_per_conn']:,.0f} B | "
-                         f"{'%+.0f B' % r['extra_heap_per_conn'] if extra else '—'} | "
-                         f"{r['rss_per_conn']:,.0f} B | "
-                         f"{'%+.0f B' % r['extra_rss_per_conn'] if extra else '—'} |")
+            lines.append(
+                f"| {r['loop']} | {r['mode']} | {r['heap_per_conn']:,.0f} B | "
+                f"{'%+.0f B' % r['extra_heap_per_conn'] if extra else '—'} | "
+                f"{r['rss_per_conn']:,.0f} B | "
+                f"{'%+.0f B' % r['extra_rss_per_conn'] if extra else '—'} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -891,15 +958,21 @@ def details(res: dict) -> str:
     lines = []
     for r in res.get("callgrind") or []:
         if r["mode"] == "traced" and r.get("functions_added_per_rt"):
-            lines.append(f"callgrind {r['loop']} {r['mode']}: self instructions per round trip, "
-                         f"minus unwrapped (top functions):")
+            lines.append(
+                f"callgrind {r['loop']} {r['mode']}: self instructions per round trip, minus unwrapped (top functions):"
+            )
             lines += [f"  {v:+9.1f}  {k}" for k, v in r["functions_added_per_rt"]]
     for r in res.get("memory") or []:
         if r["mode"] == "traced" and r.get("top"):
-            lines.append(f"tracemalloc {r['loop']} {r['mode']}: growth by line for "
-                         f"{r['conns']} connections (bytes/conn, blocks/conn):")
-            lines += [f"  {size / r['conns']:8.1f} {count / r['conns']:6.2f}  {where}"
-                      for where, size, count in r["top"] if abs(size) >= r["conns"]]
+            lines.append(
+                f"tracemalloc {r['loop']} {r['mode']}: growth by line for "
+                f"{r['conns']} connections (bytes/conn, blocks/conn):"
+            )
+            lines += [
+                f"  {size / r['conns']:8.1f} {count / r['conns']:6.2f}  {where}"
+                for where, size, count in r["top"]
+                if abs(size) >= r["conns"]
+            ]
     return "\n".join(lines)
 
 
@@ -907,23 +980,33 @@ def details(res: dict) -> str:
 # Main
 # =============================================================================
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="short smoke-test run (< 1 minute)")
     p.add_argument("--only", choices=("throughput", "memory", "callgrind"))
     p.add_argument("--json", metavar="PATH", help="write all results as JSON to PATH")
     p.add_argument("--loops", default=",".join(LOOPS), help="comma-separated: asyncio,uvloop")
-    p.add_argument("--modes", help="comma-separated subset of " + ",".join(MODES) +
-                   " (default: all for callgrind; unwrapped,reference,traced otherwise)")
+    p.add_argument(
+        "--modes",
+        help="comma-separated subset of "
+        + ",".join(MODES)
+        + " (default: all for callgrind; unwrapped,reference,traced otherwise)",
+    )
     p.add_argument("--rounds", type=int, help="interleaved throughput rounds")
     p.add_argument("--duration", type=float, help="seconds per throughput run")
     p.add_argument("--conns", type=int, default=16, help="concurrent ping-pong connections")
     p.add_argument("--idle", type=int, help="idle connections for the memory test")
     p.add_argument("--n1", type=int, help="callgrind: round trips of the short run")
     p.add_argument("--n2", type=int, help="callgrind: round trips of the long run")
-    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                   help="callgrind: per-function diff (default: on unless --quick)")
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="callgrind: per-function diff (default: on unless --quick)",
+    )
     p.add_argument("--keep", metavar="DIR", help="callgrind: keep the output files in DIR")
     # Internal: run as the server process.
     p.add_argument("--_server", action="store_true", help=argparse.SUPPRESS)
@@ -968,12 +1051,18 @@ def main(argv=None) -> int:
     started = time.monotonic()
     cl = client_loop()
     res: dict = {
-        "config": {k: getattr(args, k) for k in ("quick", "loops", "modes", "rounds", "duration",
-                                                  "conns", "idle", "n1", "n2", "cg_modes")},
+        "config": {
+            k: getattr(args, k)
+            for k in ("quick", "loops", "modes", "rounds", "duration", "conns", "idle", "n1", "n2", "cg_modes")
+        },
         "targets": TARGETS,
-        "env": {"python": sys.version.split()[0], "uvloop": getattr(uvloop, "__version__", None),
-                "machine": platform.machine(), "cpus": os.cpu_count(),
-                "client_loop": "uvloop" if uvloop is not None else "asyncio"},
+        "env": {
+            "python": sys.version.split()[0],
+            "uvloop": getattr(uvloop, "__version__", None),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "client_loop": "uvloop" if uvloop is not None else "asyncio",
+        },
     }
     try:
         if args.only in (None, "callgrind"):

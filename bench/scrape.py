@@ -17,6 +17,7 @@ The cost must not grow with traffic: the registry holds counts, not events. Coll
 60 ms apart, beyond Telemetry's 50 ms reuse of one registry pass, so each one pays the full pass.
 Prints a table and one markdown line for the README. Target: < 50 ms per collection at 10 000 connections.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 # -- the client process -------------------------------------------------------------------------------
-CLIENT = r'''
+CLIENT = r"""
 import asyncio, os, resource, sys
 sys.path.insert(0, sys.argv[3])
 from bench.scrape import new_loop, raise_nofile
@@ -112,7 +113,7 @@ async def main():
 loop = new_loop()
 loop.run_until_complete(main())
 loop.close()
-'''
+"""
 
 
 class Echo(asyncio.Protocol):
@@ -158,11 +159,14 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=20, help="collections per measurement (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=8, help="echo rounds per connection (default: %(default)s)")
-    parser.add_argument("--bytes", type=int, default=16384, help="bytes per connection per round (default: %(default)s)")
+    parser.add_argument(
+        "--bytes", type=int, default=16384, help="bytes per connection per round (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
-    import traced_transport as tt
     from traced_transport.exporters import sdk
+
+    import traced_transport as tt
 
     limit = raise_nofile(args.connections + 512)
     if limit < args.connections + 64:
@@ -180,7 +184,8 @@ def main(argv=None) -> int:
 
     async def start():
         return await asyncio.get_running_loop().create_server(
-            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0, backlog=4096)
+            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0, backlog=4096
+        )
 
     server = on_loop(start())
     port = server.sockets[0].getsockname()[1]
@@ -188,8 +193,12 @@ def main(argv=None) -> int:
     try:
         empty = measure(setup, args.repeat)
         rows.append(("0 connections", 0, empty))
-        child = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(args.connections), ROOT],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(port), str(args.connections), ROOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = child.stdout.readline()
             assert line.startswith("connected"), line
@@ -214,6 +223,7 @@ def main(argv=None) -> int:
             child.stdin.close()
             child.wait(60)
     finally:
+
         async def stop():
             server.close()
             await server.wait_closed()
@@ -227,16 +237,20 @@ def main(argv=None) -> int:
     print("| state | bytes received so far | collect+render median | p90 | max | HTTP scrape median | body |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rx, m in rows:
-        print(f"| {name} | {rx / 1e6:,.1f} MB | {m['median']:.1f} ms | {m['p90']:.1f} ms | {m['max']:.1f} ms "
-              f"| {m['http']:.1f} ms | {m['size']:,} B |")
+        print(
+            f"| {name} | {rx / 1e6:,.1f} MB | {m['median']:.1f} ms | {m['p90']:.1f} ms | {m['max']:.1f} ms "
+            f"| {m['http']:.1f} ms | {m['size']:,} B |"
+        )
     print(f"\n(traffic: {moved / 1e6:,.0f} MB echoed in {elapsed:.2f} s, {moved / 1e6 / elapsed:,.0f} MB/s)")
     ok = before["median"] < TARGET_MS and after["median"] < TARGET_MS
     growth = after["median"] / before["median"]
     print(f"target < {TARGET_MS:.0f} ms: {'met' if ok else 'NOT met'}; after/before traffic: {growth:.2f}x\n")
     print("README line:\n")
-    print(f"| Scrape (collect + text), {args.connections:,} open traced connections | "
-          f"{before['median']:.1f} ms median (p90 {before['p90']:.1f} ms); {after['median']:.1f} ms after "
-          f"{moved / 1e9:.2f} GB echoed |")
+    print(
+        f"| Scrape (collect + text), {args.connections:,} open traced connections | "
+        f"{before['median']:.1f} ms median (p90 {before['p90']:.1f} ms); {after['median']:.1f} ms after "
+        f"{moved / 1e9:.2f} GB echoed |"
+    )
     return 0 if ok else 1
 
 

@@ -10,6 +10,7 @@ proxy or record instance left after gc, no live record, totals and SDK counters 
 spans started == ended, heap growth (tracemalloc, after two warm-up waves) under the limit, and no
 ResourceWarning or unraisable exception. Each loop runs in its own process, one after the other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,19 +75,36 @@ def main() -> None:
         print(json.dumps(child(args.loop, args.connections, args.concurrency)))
         return
     results = []
-    for kind in (["asyncio", "uvloop"] if args.loop == "both" else [args.loop]):
-        out = subprocess.run([sys.executable, __file__, "--child", "--loop", kind, "--connections",
-                              str(args.connections), "--concurrency", str(args.concurrency)],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
+    for kind in ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--loop",
+                kind,
+                "--connections",
+                str(args.connections),
+                "--concurrency",
+                str(args.concurrency),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        ).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print("| loop | connections (concurrent) | time | heap before → after (tracemalloc) | growth (limit) | "
-          "leaked objects | ResourceWarnings | problems |")
+    print(
+        "| loop | connections (concurrent) | time | heap before → after (tracemalloc) | growth (limit) | "
+        "leaked objects | ResourceWarnings | problems |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['loop']} | {r['connections']:,} ({r['concurrency']}) | {r['seconds']:.0f} s | "
-              f"{r['heap_before'] / 1024:.0f} → {r['heap_after'] / 1024:.0f} KiB | "
-              f"{r['heap_growth'] / 1024:+.1f} KiB ({r['heap_limit'] // 1024} KiB) | {r['leaked_objects']} | "
-              f"{r['resource_warnings'] + r['unraisable']} | {len(r['problems'])} |")
+        print(
+            f"| {r['loop']} | {r['connections']:,} ({r['concurrency']}) | {r['seconds']:.0f} s | "
+            f"{r['heap_before'] / 1024:.0f} → {r['heap_after'] / 1024:.0f} KiB | "
+            f"{r['heap_growth'] / 1024:+.1f} KiB ({r['heap_limit'] // 1024} KiB) | {r['leaked_objects']} | "
+            f"{r['resource_warnings'] + r['unraisable']} | {len(r['problems'])} |"
+        )
     for r in results:
         for p in r["problems"]:
             print(f"{r['loop']}: {p}")

@@ -6,6 +6,7 @@ This is the README's "main job" until the full demo (scrape endpoint, TLS,
 HTTP) exists. It serves on loopback only and stops by itself after --duration
 seconds (0: run until Ctrl-C).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -18,6 +18,7 @@ facing an untrusted network needs:
 No asyncio: the server must not be touched by ``traced_transport.instrument()``
 hooks on loop classes, and must not share an event loop with the application.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,9 +31,10 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 logger = logging.getLogger("traced_transport.exporters.http")
 
@@ -159,7 +161,7 @@ class Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.1"
     server_version = "traced-transport"
     sys_version = ""
-    server: "Server"
+    server: Server
 
     # -- socketserver.BaseRequestHandler ---------------------------------------
     def setup(self) -> None:
@@ -217,7 +219,10 @@ class Handler(BaseHTTPRequestHandler):
                 return
             raw.deadline = None
             self.connection.settimeout(self.server.timeout_s)
-            if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() not in (
+                "",
+                "0",
+            ):
                 # We never read request bodies: answer, then close rather than desynchronise.
                 self.close_connection = True
             self._dispatch()
@@ -260,8 +265,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     # -- responses ---------------------------------------------------------------
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None,
-                   *, body: Optional[bytes] = None) -> None:
+    def send_error(
+        self, code: int, message: Optional[str] = None, explain: Optional[str] = None, *, body: Optional[bytes] = None
+    ) -> None:
         code = int(code)
         if self.request_version.startswith("HTTP/0."):  # answered with a status line all the same
             self.request_version = self.default_request_version
@@ -296,7 +302,7 @@ class Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s - %s", self.client_address, _printable(format % args, 400))
 
@@ -327,8 +333,16 @@ class Server(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple, family: int, app: App, *, ssl_context: Optional[ssl.SSLContext],
-                 max_connections: int, timeout: float) -> None:
+    def __init__(
+        self,
+        address: tuple,
+        family: int,
+        app: App,
+        *,
+        ssl_context: Optional[ssl.SSLContext],
+        max_connections: int,
+        timeout: float,
+    ) -> None:
         self.address_family = family
         self.app = app
         self.ssl_context = ssl_context
@@ -362,8 +376,12 @@ class Server(socketserver.TCPServer):
         if self.stopping or not self._slots.acquire(blocking=False):
             self._reject(request)
             return
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  name="traced-transport-scrape-conn", daemon=True)
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name="traced-transport-scrape-conn",
+            daemon=True,
+        )
         with self._lock:
             self._connections[id(request)] = (request, thread)
         try:
@@ -381,9 +399,13 @@ class Server(socketserver.TCPServer):
             body = b"503 Service Unavailable: too many connections\n"
             try:
                 request.setblocking(False)
-                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                request.send(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
             except OSError:
                 pass
         self.shutdown_request(request)

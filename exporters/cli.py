@@ -1,13 +1,15 @@
 """The ``traced-transport`` command.
 
-    traced-transport demo [options]          the main job: traced servers under load, scrape endpoint up
-    traced-transport run [options] -- CMD... run any Python server instrumented, scrape endpoint up
+traced-transport demo [options]          the main job: traced servers under load, scrape endpoint up
+traced-transport run [options] -- CMD... run any Python server instrumented, scrape endpoint up
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,15 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     demo_parser = sub.add_parser(
-        "demo", help="run traced echo, TLS and HTTP servers under a built-in load, with the scrape endpoint up",
-        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "demo",
+        help="run traced echo, TLS and HTTP servers under a built-in load, with the scrape endpoint up",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_arguments(demo_parser)
 
     from . import run
 
     run_parser = sub.add_parser(
-        "run", help="run a Python command (e.g. uvicorn app:app --workers 4) with every transport traced",
-        description=run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "run",
+        help="run a Python command (e.g. uvicorn app:app --workers 4) with every transport traced",
+        description=run.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_arguments(run_parser)
     return parser
 

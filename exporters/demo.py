@@ -7,6 +7,7 @@ ping-pong echo clients, slow readers that drive flow-control pauses on both
 sides, TLS clients (some failing their handshake on purpose), HTTP clients,
 and a few aborted connections, so every metric and dashboard panel moves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,15 @@ def http_app() -> Any:
 class Load:
     """The load generator: bounded concurrency, stops when told."""
 
-    def __init__(self, host: str, ends: Endpoints, client_ctx: ssl.SSLContext, concurrency: int, seed: int,
-                 client_ctx_tls12: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        ends: Endpoints,
+        client_ctx: ssl.SSLContext,
+        concurrency: int,
+        seed: int,
+        client_ctx_tls12: Optional[ssl.SSLContext] = None,
+    ) -> None:
         self.host = host
         self.ends = ends
         self.client_ctx = client_ctx
@@ -148,7 +156,8 @@ class Load:
         # Half the TLS clients stop at TLS 1.2, so connections by TLS version have two series.
         ctx = self.client_ctx_tls12 if self.rng.random() < 0.5 else self.client_ctx
         reader, writer = await tt.open_connection(
-            self.host, self.ends.tls, name="tls-client", ssl=ctx, server_hostname="localhost")
+            self.host, self.ends.tls, name="tls-client", ssl=ctx, server_hostname="localhost"
+        )
         for _ in range(self.rng.randint(1, 10)):
             writer.write(b"t" * 1024)
             await reader.readexactly(1024)
@@ -166,7 +175,8 @@ class Load:
             # a client that does not trust the server
             with contextlib.suppress(ssl.SSLError, ConnectionError):
                 _, writer = await asyncio.open_connection(
-                    self.host, self.ends.tls, ssl=ssl.create_default_context(), server_hostname="localhost")
+                    self.host, self.ends.tls, ssl=ssl.create_default_context(), server_hostname="localhost"
+                )
                 writer.close()
         await asyncio.sleep(0.5)
 
@@ -178,7 +188,9 @@ class Load:
                 writer.write(f"GET /bytes/{size} HTTP/1.1\r\nHost: demo\r\n\r\n".encode())
             else:
                 body = b"u" * self.rng.choice((10, 50_000))
-                writer.write(f"POST /upload HTTP/1.1\r\nHost: demo\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                writer.write(
+                    f"POST /upload HTTP/1.1\r\nHost: demo\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+                )
             await _read_http_response(reader)
         writer.close()
         await writer.wait_closed()
@@ -232,7 +244,9 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     server_ctx, client_ctx, client_ctx_tls12 = tls_contexts()
     echo = await loop.create_server(tt.traced(BackpressureEcho, name="echo"), args.host, args.echo_port)
-    tls = await loop.create_server(tt.traced(BackpressureEcho, name="tls-echo"), args.host, args.tls_port, ssl=server_ctx)
+    tls = await loop.create_server(
+        tt.traced(BackpressureEcho, name="tls-echo"), args.host, args.tls_port, ssl=server_ctx
+    )
     runner = web.AppRunner(http_app(), access_log=None)
     await runner.setup()
     http = await loop.create_server(tt.traced(runner.server, name="http"), args.host, args.http_port)
@@ -278,20 +292,38 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address every demo server and the scrape endpoint bind to (default: %(default)s, loopback)")
-    parser.add_argument("--metrics-port", type=int, default=9464,
-                        help="Prometheus scrape endpoint port; 0 picks a free one, -1 turns it off (default: %(default)s)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address every demo server and the scrape endpoint bind to (default: %(default)s, loopback)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="Prometheus scrape endpoint port; 0 picks a free one, -1 turns it off (default: %(default)s)",
+    )
     parser.add_argument("--echo-port", type=int, default=0, help="TCP echo server port (default: a free port)")
     parser.add_argument("--tls-port", type=int, default=0, help="TLS echo server port (default: a free port)")
     parser.add_argument("--http-port", type=int, default=0, help="HTTP server port (default: a free port)")
-    parser.add_argument("--concurrency", type=int, default=16,
-                        help="concurrent load-generator clients; 0 serves without load (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=0,
-                        help="seconds to run; 0 runs until Ctrl-C (default: %(default)s)")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between summary lines (default: %(default)s)")
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop" if _has_uvloop() else "asyncio",
-                        help="event loop (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="concurrent load-generator clients; 0 serves without load (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=0, help="seconds to run; 0 runs until Ctrl-C (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between summary lines (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop" if _has_uvloop() else "asyncio",
+        help="event loop (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the load generator (default: %(default)s)")
 
 

@@ -24,6 +24,7 @@ before it reaches the reader; that cannot happen once a connection has opened
 (its counters always have a value). Cumulative readers get points since the Telemetry was made; delta readers get
 each interval's points, with the interval's own min and max.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,14 @@ class _Merger:
         self.reader = reader
         self.original = reader._receive_metrics
         # Keyed by the SDK's private instrument classes, which subclass the public ones.
-        temporality = next((t for cls, t in getattr(reader, "_instrument_class_temporality", {}).items()
-                            if issubclass(cls, Histogram)), None)
+        temporality = next(
+            (
+                t
+                for cls, t in getattr(reader, "_instrument_class_temporality", {}).items()
+                if issubclass(cls, Histogram)
+            ),
+            None,
+        )
         self.delta = temporality == AggregationTemporality.DELTA
         self.temporality = AggregationTemporality.DELTA if self.delta else AggregationTemporality.CUMULATIVE
         self._lock = threading.Lock()
@@ -83,8 +90,11 @@ class _Merger:
         try:
             metrics_data = self.merge(metrics_data)
         except Exception:  # noqa: BLE001 - never lose the SDK's own metrics over ours
-            _log("merge", "traced_transport.exporters.histograms: merging traced_transport histograms into a collection failed",
-                 exc_info=True)
+            _log(
+                "merge",
+                "traced_transport.exporters.histograms: merging traced_transport histograms into a collection failed",
+                exc_info=True,
+            )
         return self.original(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
     def merge(self, metrics_data: Any) -> Any:
@@ -114,14 +124,26 @@ class _Merger:
                 bounds = agg.bounds
                 data_points = [
                     HistogramDataPoint(
-                        attributes=p.attributes, start_time_unix_nano=start, time_unix_nano=now,
-                        count=p.count, sum=p.sum, bucket_counts=p.counts, explicit_bounds=bounds,
-                        min=p.min, max=p.max,
+                        attributes=p.attributes,
+                        start_time_unix_nano=start,
+                        time_unix_nano=now,
+                        count=p.count,
+                        sum=p.sum,
+                        bucket_counts=p.counts,
+                        explicit_bounds=bounds,
+                        min=p.min,
+                        max=p.max,
                     )
                     for p in points
                 ]
-                ours.append(Metric(name=name, description=agg.description, unit=agg.unit,
-                                   data=Histogram(data_points=data_points, aggregation_temporality=self.temporality)))
+                ours.append(
+                    Metric(
+                        name=name,
+                        description=agg.description,
+                        unit=agg.unit,
+                        data=Histogram(data_points=data_points, aggregation_temporality=self.temporality),
+                    )
+                )
         if not ours:
             return metrics_data
         names = {m.name for m in ours}

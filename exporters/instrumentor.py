@@ -4,9 +4,11 @@ Registered under the ``opentelemetry_instrumentor`` entry point. The SDK is
 whatever ``opentelemetry-instrument`` configured (from the OTEL_* variables);
 this only installs the loop hooks.
 """
+
 from __future__ import annotations
 
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 

@@ -61,6 +61,7 @@ prometheus_client's multiprocess mode: totals then start at zero, which Promethe
 handles as a counter reset. The directory is trusted: whoever can write to it can
 change the metrics.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -74,8 +75,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 __all__ = [
     "AggregatingCollector",
@@ -121,7 +123,7 @@ def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
     except OSError:
         return None
     try:
-        fields = raw[raw.rindex(b")") + 2:].split()
+        fields = raw[raw.rindex(b")") + 2 :].split()
         return fields[0].decode("ascii"), int(fields[19])
     except (ValueError, IndexError):
         return None
@@ -195,11 +197,18 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                 temporality = getattr(data, "aggregation_temporality", AggregationTemporality.CUMULATIVE)
                 if isinstance(data, Histogram) and temporality == AggregationTemporality.CUMULATIVE:
                     kind = HISTOGRAM
-                    points = [[_attrs(p.attributes), {
-                        "bounds": [_jsonable(b) for b in p.explicit_bounds],
-                        "counts": [int(c) for c in p.bucket_counts],
-                        "sum": p.sum, "count": int(p.count),
-                    }] for p in data.data_points]
+                    points = [
+                        [
+                            _attrs(p.attributes),
+                            {
+                                "bounds": [_jsonable(b) for b in p.explicit_bounds],
+                                "counts": [int(c) for c in p.bucket_counts],
+                                "sum": p.sum,
+                                "count": int(p.count),
+                            },
+                        ]
+                        for p in data.data_points
+                    ]
                 elif isinstance(data, Sum) and temporality == AggregationTemporality.CUMULATIVE:
                     kind = COUNTER if data.is_monotonic else UPDOWN
                     points = [[_attrs(p.attributes), p.value] for p in data.data_points]
@@ -207,12 +216,25 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                     kind = GAUGE
                     points = [[_attrs(p.attributes), p.value] for p in data.data_points]
                 else:
-                    _warn_once(f"kind:{metric.name}", "multiworker: %s (%s, %s) cannot be summed across workers; "
-                               "skipped", metric.name, type(data).__name__, temporality)
+                    _warn_once(
+                        f"kind:{metric.name}",
+                        "multiworker: %s (%s, %s) cannot be summed across workers; skipped",
+                        metric.name,
+                        type(data).__name__,
+                        temporality,
+                    )
                     continue
                 if points:
-                    out.append({"name": metric.name, "description": metric.description or "",
-                                "unit": metric.unit or "", "kind": kind, "scope": scope, "points": points})
+                    out.append(
+                        {
+                            "name": metric.name,
+                            "description": metric.description or "",
+                            "unit": metric.unit or "",
+                            "kind": kind,
+                            "scope": scope,
+                            "points": points,
+                        }
+                    )
     return out, resource
 
 
@@ -231,7 +253,7 @@ def _write_json(path: str, doc: dict) -> None:
 
 # -- worker ------------------------------------------------------------------------------------
 _orig_raise_signal = signal.raise_signal
-_active: Optional["WorkerExporter"] = None
+_active: Optional[WorkerExporter] = None
 _active_lock = threading.Lock()
 
 
@@ -242,7 +264,7 @@ def _raise_signal(signalnum: int) -> None:
         try:
             if signalnum in _DEADLY and signal.getsignal(signalnum) == signal.SIG_DFL:
                 worker.close(timeout=worker.signal_timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("multiworker: final write before signal %s failed", signalnum, exc_info=True)
     return _orig_raise_signal(signalnum)
 
@@ -254,8 +276,17 @@ _raise_signal.__wrapped__ = _orig_raise_signal  # type: ignore[attr-defined]
 class WorkerExporter:
     """Writes one process's metrics to ``{directory}/{pid}-{token}.json``. Made by :func:`start_worker`."""
 
-    def __init__(self, directory: str, *, reader: Any, meter_provider: Any, telemetry: Any = None,
-                 interval: float = 1.0, signals: bool = True, signal_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        reader: Any,
+        meter_provider: Any,
+        telemetry: Any = None,
+        interval: float = 1.0,
+        signals: bool = True,
+        signal_timeout: float = 2.0,
+    ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.directory = os.path.abspath(directory)
@@ -285,13 +316,14 @@ class WorkerExporter:
         self.path = os.path.join(self.directory, f"{self.pid}-{self.token}.json")
 
     # -- life cycle -----------------------------------------------------------------------
-    def start(self) -> "WorkerExporter":
+    def start(self) -> WorkerExporter:
         os.makedirs(self.directory, exist_ok=True)
         self._start_thread()
         atexit.register(self._at_exit)
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_parent,
-                                after_in_child=self._after_fork_child)
+            os.register_at_fork(
+                before=self._before_fork, after_in_parent=self._after_fork_parent, after_in_child=self._after_fork_child
+            )
         if self.signals:
             self._install_sigterm()
             signal.raise_signal = _raise_signal
@@ -346,7 +378,7 @@ class WorkerExporter:
                 if self.telemetry is not None:
                     self.telemetry.flush()
                 metrics, resource = serialize(self.reader.get_metrics_data())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.warning("multiworker: collection failed", exc_info=True)
                 return False
             if not metrics and not self._has_file:
@@ -492,12 +524,19 @@ def start_worker(
         except TypeError:  # pragma: no cover - older SDKs
             meter_provider = MeterProvider(**kwargs)
         telemetry = traced_transport.Telemetry(
-            registry, meter_provider=meter_provider, tracer_provider=tracer_provider, **telemetry_kwargs)
+            registry, meter_provider=meter_provider, tracer_provider=tracer_provider, **telemetry_kwargs
+        )
         from .histograms import attach
 
         attach(reader, telemetry)
-        worker = WorkerExporter(directory, reader=reader, meter_provider=meter_provider, telemetry=telemetry,
-                                interval=interval, signals=signals)
+        worker = WorkerExporter(
+            directory,
+            reader=reader,
+            meter_provider=meter_provider,
+            telemetry=telemetry,
+            interval=interval,
+            signals=signals,
+        )
         _active = worker
         worker.start()
         return worker
@@ -513,8 +552,13 @@ def _read_json(path: str) -> dict:
 
 
 def _mkey(metric: Mapping) -> tuple:
-    return (metric["name"], metric.get("description", ""), metric.get("unit", ""), metric["kind"],
-            json.dumps(metric.get("scope") or {}, sort_keys=True))
+    return (
+        metric["name"],
+        metric.get("description", ""),
+        metric.get("unit", ""),
+        metric["kind"],
+        json.dumps(metric.get("scope") or {}, sort_keys=True),
+    )
 
 
 def _merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
@@ -539,13 +583,24 @@ def _merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
                     have[1] += value
                 continue
             if have is None:
-                series[akey] = [attributes, {"bounds": list(value["bounds"]), "counts": list(value["counts"]),
-                                             "sum": value["sum"], "count": value["count"]}]
+                series[akey] = [
+                    attributes,
+                    {
+                        "bounds": list(value["bounds"]),
+                        "counts": list(value["counts"]),
+                        "sum": value["sum"],
+                        "count": value["count"],
+                    },
+                ]
                 continue
             h = have[1]
             if h["bounds"] != value["bounds"] or len(h["counts"]) != len(value["counts"]):
-                _warn_once(f"bounds:{metric['name']}", "multiworker: %s has different bucket bounds in "
-                           "different workers; the points of the later ones are left out", metric["name"])
+                _warn_once(
+                    f"bounds:{metric['name']}",
+                    "multiworker: %s has different bucket bounds in "
+                    "different workers; the points of the later ones are left out",
+                    metric["name"],
+                )
                 continue
             h["counts"] = [a + b for a, b in zip(h["counts"], value["counts"])]
             h["sum"] += value["sum"]
@@ -556,8 +611,16 @@ def _unmerge(merged: dict) -> list[dict]:
     """The inverse of _merge: serialised metrics."""
     out = []
     for (name, description, unit, kind, scope), series in merged.items():
-        out.append({"name": name, "description": description, "unit": unit, "kind": kind,
-                    "scope": json.loads(scope), "points": [list(v) for v in series.values()]})
+        out.append(
+            {
+                "name": name,
+                "description": description,
+                "unit": unit,
+                "kind": kind,
+                "scope": json.loads(scope),
+                "points": [list(v) for v in series.values()],
+            }
+        )
     return out
 
 
@@ -596,7 +659,9 @@ def _sanitize(name: str, pattern: str) -> str:  # pragma: no cover - fallback
 
 def _map_unit(unit: str) -> str:  # pragma: no cover - fallback for the units traced_transport uses
     unit = re.sub(r"{.*}", "", unit)
-    return {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}.get(unit, re.sub(r"[^a-zA-Z0-9:]+", "_", unit).strip("_"))
+    return {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}.get(
+        unit, re.sub(r"[^a-zA-Z0-9:]+", "_", unit).strip("_")
+    )
 
 
 class Aggregate:
@@ -637,9 +702,16 @@ class AggregatingCollector:
     workers live in another pid namespace).
     """
 
-    def __init__(self, directory: str, *, scope_labels: bool = False, target_info: bool = True,
-                 compact: bool = True, retire_after: float = 3600.0,
-                 alive: Callable[[int, Optional[int]], bool] = pid_alive) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        scope_labels: bool = False,
+        target_info: bool = True,
+        compact: bool = True,
+        retire_after: float = 3600.0,
+        alive: Callable[[int, Optional[int]], bool] = pid_alive,
+    ) -> None:
         self.directory = os.path.abspath(directory)
         self.scope_labels = scope_labels
         self.target_info = target_info
@@ -734,8 +806,16 @@ class AggregatingCollector:
             resources.append(doc.get("resource") or {})
             final = bool(doc.get("final"))
             retirable = not live and (final or now - float(doc.get("time") or 0) > self.retire_after)
-            workers.append({"file": name, "pid": pid, "alive": live, "final": final, "time": doc.get("time"),
-                            "retirable": retirable})
+            workers.append(
+                {
+                    "file": name,
+                    "pid": pid,
+                    "alive": live,
+                    "final": final,
+                    "time": doc.get("time"),
+                    "retirable": retirable,
+                }
+            )
         return Aggregate(merged, _common(resources), workers)
 
     # -- compaction ------------------------------------------------------------------------
@@ -770,9 +850,16 @@ class AggregatingCollector:
                 resources.append(doc.get("resource") or {})
             present = set(os.listdir(self.directory))
             merged_names = {n for n in retired.get("merged", ()) if n in present} | {n for n, _ in fold}
-            _write_json(os.path.join(self.directory, RETIRED), {
-                "format": FORMAT, "time": now, "resource": _common(resources),
-                "merged": sorted(merged_names), "metrics": _unmerge(merged)})
+            _write_json(
+                os.path.join(self.directory, RETIRED),
+                {
+                    "format": FORMAT,
+                    "time": now,
+                    "resource": _common(resources),
+                    "merged": sorted(merged_names),
+                    "metrics": _unmerge(merged),
+                },
+            )
             for name, _doc in fold:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, name))
@@ -783,8 +870,12 @@ class AggregatingCollector:
         yield from self.families(self.read())
 
     def families(self, aggregate: Aggregate) -> list:
-        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                            InfoMetricFamily)
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
 
         mp = self._mapping
         out: list = []
@@ -800,8 +891,13 @@ class AggregatingCollector:
                 continue
             metric_name = mp.sanitize_full_name(name)
             prom_unit = mp.map_unit(unit)
-            factory = (CounterMetricFamily if kind == COUNTER else HistogramMetricFamily if kind == HISTOGRAM
-                       else GaugeMetricFamily)
+            factory = (
+                CounterMetricFamily
+                if kind == COUNTER
+                else HistogramMetricFamily
+                if kind == HISTOGRAM
+                else GaugeMetricFamily
+            )
             fid = "|".join((metric_name, description, prom_unit, factory.__name__))
             entry = families.setdefault(fid, [factory, metric_name, description, prom_unit, []])
             scope_attrs: dict = {}
@@ -809,12 +905,17 @@ class AggregatingCollector:
                 scope = json.loads(scope_json)
                 for k, v in (scope.get("attributes") or {}).items():
                     scope_attrs["otel_scope_" + k] = v
-                scope_attrs.update({"otel_scope_name": scope.get("name", ""),
-                                    "otel_scope_version": scope.get("version", ""),
-                                    "otel_scope_schema_url": scope.get("schema_url", "")})
+                scope_attrs.update(
+                    {
+                        "otel_scope_name": scope.get("name", ""),
+                        "otel_scope_version": scope.get("version", ""),
+                        "otel_scope_schema_url": scope.get("schema_url", ""),
+                    }
+                )
             for attributes, value in series.values():
-                labels = {mp.sanitize_attribute(k): mp.value(v) for k, v in chain(scope_attrs.items(),
-                                                                                  attributes.items())}
+                labels = {
+                    mp.sanitize_attribute(k): mp.value(v) for k, v in chain(scope_attrs.items(), attributes.items())
+                }
                 entry[4].append((labels, value))
         for factory, metric_name, description, prom_unit, rows in families.values():
             keys = sorted({k for labels, _ in rows for k in labels})
@@ -862,7 +963,7 @@ def mark_dead(directory: str, pid: int) -> int:
     if not mine:
         return 0
     done = 0
-    with (_flock(directory, fcntl) if fcntl is not None else contextlib.nullcontext()):
+    with _flock(directory, fcntl) if fcntl is not None else contextlib.nullcontext():
         for name in mine:
             path = os.path.join(directory, name)
             try:
@@ -915,7 +1016,7 @@ class Aggregator:
         with contextlib.suppress(KeyError):
             self.registry.unregister(self.collector)
 
-    def __enter__(self) -> "Aggregator":
+    def __enter__(self) -> Aggregator:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -929,8 +1030,16 @@ def _start_endpoint(registry: Any, host: str, port: int, **endpoint_kwargs: Any)
     return ScrapeEndpoint(registry, host=host, port=port, **endpoint_kwargs).start()
 
 
-def serve(directory: str, host: str = "127.0.0.1", port: int = 9464, *, scope_labels: bool = False,
-          target_info: bool = True, compact: bool = True, **endpoint_kwargs: Any) -> Aggregator:
+def serve(
+    directory: str,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    *,
+    scope_labels: bool = False,
+    target_info: bool = True,
+    compact: bool = True,
+    **endpoint_kwargs: Any,
+) -> Aggregator:
     """Serve the sum of the workers writing to ``directory`` on ``http://{host}:{port}/metrics``.
 
     A fresh ``CollectorRegistry`` holds only the :class:`AggregatingCollector`.

@@ -26,12 +26,14 @@ What is read here and what is left to the exporters and the SDK:
   ``OTEL_RESOURCE_ATTRIBUTES``: ``Resource.create()``.
 - ``OTEL_SDK_DISABLED=true``: nothing is built.
 """
+
 from __future__ import annotations
 
 import importlib
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 __all__ = ["otlp_components", "otlp_enabled", "exporter_names", "otlp_protocol"]
 
@@ -89,8 +91,8 @@ def otlp_protocol(signal: str, env: Mapping[str, str] = os.environ, exporter_nam
     if protocol not in PROTOCOLS:
         where = var if env.get(var, "").strip() else "OTEL_EXPORTER_OTLP_PROTOCOL"
         raise ValueError(
-            f"{where}={value!r} is not supported: the Python OTLP exporters speak "
-            f"{' or '.join(PROTOCOLS)}")
+            f"{where}={value!r} is not supported: the Python OTLP exporters speak {' or '.join(PROTOCOLS)}"
+        )
     return protocol
 
 
@@ -135,8 +137,7 @@ def _plan(env: Mapping[str, str]) -> dict[str, list[str]]:
                 kind = "console"
             else:
                 if name not in _ELSEWHERE:
-                    logger.warning("OTEL_%s_EXPORTER: exporter %r is not supported here; skipped",
-                                   signal.upper(), name)
+                    logger.warning("OTEL_%s_EXPORTER: exporter %r is not supported here; skipped", signal.upper(), name)
                 continue
             if kind not in kinds:
                 kinds.append(kind)
@@ -169,7 +170,9 @@ def otlp_components(resource: Optional[Any] = None, *, metrics: bool = True, tra
     if not traces:
         plan["traces"] = []
     # Import everything first: a missing package must not leave a reader thread running.
-    reader_cls = _import("opentelemetry.sdk.metrics.export", "PeriodicExportingMetricReader") if plan["metrics"] else None
+    reader_cls = (
+        _import("opentelemetry.sdk.metrics.export", "PeriodicExportingMetricReader") if plan["metrics"] else None
+    )
     processor_cls = _import("opentelemetry.sdk.trace.export", "BatchSpanProcessor") if plan["traces"] else None
     classes = {(s, k): _import(*_MODULES[(s, k)]) for s in SIGNALS for k in plan[s]}
     # Exporters next (no threads yet), then the readers and processors that start theirs.

@@ -10,6 +10,7 @@ whose output reaches ``registry`` through :class:`ReaderCollector`, which runs
 one collection at a time and keeps the ``otel_scope_*`` labels off every series
 unless asked. ``traced_transport.exporters.sdk.setup()`` puts the two together.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,7 +23,8 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from ._http import Handler, Response, Server, rate_limited
@@ -150,7 +152,9 @@ def gzip_accepted(accept_encoding: str) -> bool:
     return False
 
 
-def exposition(registry: Any, accept: Optional[str] = None, accept_encoding: Optional[str] = None) -> tuple[int, list[tuple[str, str]], bytes]:
+def exposition(
+    registry: Any, accept: Optional[str] = None, accept_encoding: Optional[str] = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """``(status, headers, body)`` of a scrape of ``registry``, content-negotiated as prometheus_client does.
 
     OpenMetrics when ``accept`` asks for ``application/openmetrics-text``, the
@@ -266,24 +270,37 @@ class ScrapeEndpoint:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    def start(self) -> "ScrapeEndpoint":
+    def start(self) -> ScrapeEndpoint:
         with self._state_lock:
             if self._server is not None:
                 return self
             ctx = self._ssl_context()
             if self._auth is not None and ctx is None and not _is_loopback(self.host):
-                logger.warning("scrape endpoint on %s uses basic auth without TLS: the password is sent in clear",
-                               self.host)
+                logger.warning(
+                    "scrape endpoint on %s uses basic auth without TLS: the password is sent in clear", self.host
+                )
             family = _family(self.host)
             try:
-                server = Server((self.host.strip("[]"), self._requested_port), family, self._app,
-                                ssl_context=ctx, max_connections=self.max_connections, timeout=self.timeout)
+                server = Server(
+                    (self.host.strip("[]"), self._requested_port),
+                    family,
+                    self._app,
+                    ssl_context=ctx,
+                    max_connections=self.max_connections,
+                    timeout=self.timeout,
+                )
             except OSError as exc:
-                raise OSError(exc.errno, f"scrape endpoint cannot listen on {self.host}:{self._requested_port}: "
-                                         f"{exc.strerror or exc}") from exc
+                raise OSError(
+                    exc.errno,
+                    f"scrape endpoint cannot listen on {self.host}:{self._requested_port}: {exc.strerror or exc}",
+                ) from exc
             self.port = server.server_address[1]
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                      name=f"traced-transport-scrape:{self.port}", daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"traced-transport-scrape:{self.port}",
+                daemon=True,
+            )
             self._server = server
             self._thread = thread
             thread.start()
@@ -307,7 +324,7 @@ class ScrapeEndpoint:
 
     close = stop
 
-    def __enter__(self) -> "ScrapeEndpoint":
+    def __enter__(self) -> ScrapeEndpoint:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -346,8 +363,9 @@ class ScrapeEndpoint:
 
     def _app(self, handler: Handler) -> Response:
         if self._auth is not None and not self._authorized(handler.headers.get("Authorization")):
-            return Response(401, [("WWW-Authenticate", 'Basic realm="metrics", charset="UTF-8"')],
-                            b"401 Unauthorized\n")
+            return Response(
+                401, [("WWW-Authenticate", 'Basic realm="metrics", charset="UTF-8"')], b"401 Unauthorized\n"
+            )
         try:
             path = urlsplit(handler.path).path
         except ValueError:
@@ -356,8 +374,9 @@ class ScrapeEndpoint:
             return Response(404, [], b"404 Not Found\n")
         if handler.command not in ("GET", "HEAD"):
             return Response(405, [("Allow", "GET, HEAD")], b"405 Method Not Allowed\n")
-        status, headers, body = exposition(self.registry, handler.headers.get("Accept"),
-                                           handler.headers.get("Accept-Encoding"))
+        status, headers, body = exposition(
+            self.registry, handler.headers.get("Accept"), handler.headers.get("Accept-Encoding")
+        )
         return Response(status, headers, body)
 
     def render(self, accept: Optional[str] = None, accept_encoding: Optional[str] = None) -> tuple[int, list, bytes]:

@@ -9,6 +9,7 @@ Prometheus scrape endpoint. Spans go wherever the OTEL_* variables say (OTLP).
 Example:
     traced-transport run --metrics-port 9464 -- uvicorn app:app --workers 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,22 +27,38 @@ _ENV_OPTIONS = "TRACED_TRANSPORT_RUN_OPTIONS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address of the scrape endpoint (default: %(default)s; anything else must be asked for)")
-    parser.add_argument("--metrics-port", type=int, default=9464,
-                        help="port of the scrape endpoint; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--server-name", default="server",
-                        help="transport.name of server connections (default: %(default)s)")
-    parser.add_argument("--client-name", default="client",
-                        help="transport.name of client connections (default: %(default)s)")
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the scrape endpoint (default: %(default)s; anything else must be asked for)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="port of the scrape endpoint; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--server-name", default="server", help="transport.name of server connections (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--client-name", default="client", help="transport.name of client connections (default: %(default)s)"
+    )
     parser.add_argument("--pipes", action="store_true", help="also trace pipes and subprocesses")
-    parser.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between each process's writes of its counts (default: %(default)s)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between each process's writes of its counts (default: %(default)s)",
+    )
     parser.add_argument("--certfile", help="serve the endpoint over TLS with this certificate (PEM)")
     parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--client-cafile", help="require client certificates signed by this CA")
-    parser.add_argument("--basic-auth", metavar="USER:PASSWORD",
-                        help="require HTTP basic auth on the endpoint (or set TRACED_TRANSPORT_BASIC_AUTH)")
+    parser.add_argument(
+        "--basic-auth",
+        metavar="USER:PASSWORD",
+        help="require HTTP basic auth on the endpoint (or set TRACED_TRANSPORT_BASIC_AUTH)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
 
 
@@ -72,8 +89,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         aggregator = multiworker.serve(directory, args.metrics_host, args.metrics_port, **_endpoint_options(args))
     except OSError as exc:
-        print(f"traced-transport run: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"traced-transport run: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
+            file=sys.stderr,
+        )
         shutil.rmtree(directory, ignore_errors=True)
         return 1
     print(f"traced-transport: metrics at {aggregator.url}", file=sys.stderr, flush=True)

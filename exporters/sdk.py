@@ -34,6 +34,7 @@ is never overridden. Then a warning is logged, ``Setup.global_meter_provider`` /
 still returned, e.g. for ``traced_transport.Telemetry(meter_provider=setup.meter_provider)``.
 ``set_global=False`` never touches the globals.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -42,7 +43,8 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from .prometheus import ScrapeEndpoint, prometheus_reader
 
@@ -62,10 +64,20 @@ _OTLP_ENDPOINT_VARS = (
 class Setup:
     """What ``setup()`` built. ``shutdown()`` stops the endpoint and flushes and shuts down the providers."""
 
-    def __init__(self, *, resource: Any, meter_provider: Any, tracer_provider: Any,
-                 endpoint: Optional[ScrapeEndpoint], prometheus_registry: Any, collector: Any,
-                 global_meter_provider: bool, global_tracer_provider: bool, otlp: bool,
-                 metric_readers: Optional[list] = None) -> None:
+    def __init__(
+        self,
+        *,
+        resource: Any,
+        meter_provider: Any,
+        tracer_provider: Any,
+        endpoint: Optional[ScrapeEndpoint],
+        prometheus_registry: Any,
+        collector: Any,
+        global_meter_provider: bool,
+        global_tracer_provider: bool,
+        otlp: bool,
+        metric_readers: Optional[list] = None,
+    ) -> None:
         self.resource = resource
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
@@ -123,21 +135,23 @@ class Setup:
         if self.meter_provider is not None:
             _quietly("meter provider shutdown", self.meter_provider.shutdown)
 
-    def __enter__(self) -> "Setup":
+    def __enter__(self) -> Setup:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return (f"Setup(endpoint={self.url!r}, metrics={self.meter_provider is not None}, "
-                f"traces={self.tracer_provider is not None}, otlp={self.otlp})")
+        return (
+            f"Setup(endpoint={self.url!r}, metrics={self.meter_provider is not None}, "
+            f"traces={self.tracer_provider is not None}, otlp={self.otlp})"
+        )
 
 
 def _quietly(what: str, fn: Any, *args: Any) -> None:
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001 - shutting down: log and carry on with the rest
+    except Exception:
         logger.warning("traced_transport.exporters.sdk: %s failed", what, exc_info=True)
 
 
@@ -171,8 +185,9 @@ def _otlp_wanted(otlp: Optional[bool], env: Mapping[str, str]) -> bool:
     return otlp_enabled(env)
 
 
-def _otlp_parts(otlp: Optional[bool], resource: Any, *, metrics: bool = True,
-                traces: bool = True) -> tuple[list, list, bool]:
+def _otlp_parts(
+    otlp: Optional[bool], resource: Any, *, metrics: bool = True, traces: bool = True
+) -> tuple[list, list, bool]:
     if not _otlp_wanted(otlp, os.environ):
         return [], [], False
     try:
@@ -180,14 +195,18 @@ def _otlp_parts(otlp: Optional[bool], resource: Any, *, metrics: bool = True,
     except ModuleNotFoundError as exc:
         if exc.name not in ("traced_transport.exporters.otlp",):
             raise
-        logger.warning("traced_transport.exporters.sdk: OTLP export asked for, but traced_transport.exporters.otlp is not available; skipped")
+        logger.warning(
+            "traced_transport.exporters.sdk: OTLP export asked for, but traced_transport.exporters.otlp is not available; skipped"
+        )
         return [], [], False
     try:
         readers, processors = module.otlp_components(resource, metrics=metrics, traces=traces)
     except ImportError as exc:
         if otlp:  # asked for in code: say so loudly
             raise
-        logger.warning("traced_transport.exporters.sdk: the environment asks for OTLP export, which is skipped: %s", exc)
+        logger.warning(
+            "traced_transport.exporters.sdk: the environment asks for OTLP export, which is skipped: %s", exc
+        )
         return [], [], False
     return list(readers), list(processors), True
 
@@ -214,7 +233,10 @@ def _set_global(kind: str, provider: Any) -> bool:
         current = metrics.get_meter_provider() if kind == "metrics" else trace.get_tracer_provider()
         logger.warning(
             "traced_transport.exporters.sdk: a global %s provider (%s) is already set by the application; it is left alone, and "
-            "setup()'s own provider is returned in Setup but not global", kind, type(current).__name__)
+            "setup()'s own provider is returned in Setup but not global",
+            kind,
+            type(current).__name__,
+        )
         return False
     if kind == "metrics":
         metrics.set_meter_provider(provider)
@@ -258,15 +280,23 @@ def setup(
 
             prom_registry = CollectorRegistry(auto_describe=False)
             reader, collector = prometheus_reader(prom_registry, scope_labels=scope_labels)
-            meter_provider = MeterProvider(metric_readers=[reader, *otlp_readers], resource=resource,
-                                           shutdown_on_exit=False)  # Setup's own atexit hook does it
+            meter_provider = MeterProvider(
+                metric_readers=[reader, *otlp_readers], resource=resource, shutdown_on_exit=False
+            )  # Setup's own atexit hook does it
         if traces:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             for p in otlp_processors:
                 tracer_provider.add_span_processor(p)
         if endpoint and prom_registry is not None:
-            scrape = ScrapeEndpoint(prom_registry, host=metrics_host, port=metrics_port, certfile=certfile,
-                                    keyfile=keyfile, client_cafile=client_cafile, basic_auth=basic_auth).start()
+            scrape = ScrapeEndpoint(
+                prom_registry,
+                host=metrics_host,
+                port=metrics_port,
+                certfile=certfile,
+                keyfile=keyfile,
+                client_cafile=client_cafile,
+                basic_auth=basic_auth,
+            ).start()
     except BaseException:
         if tracer_provider is not None:
             _quietly("tracer provider shutdown", tracer_provider.shutdown)
@@ -280,10 +310,18 @@ def setup(
             global_meter = _set_global("metrics", meter_provider)
         if tracer_provider is not None:
             global_tracer = _set_global("traces", tracer_provider)
-    built = Setup(resource=resource, meter_provider=meter_provider, tracer_provider=tracer_provider,
-                  endpoint=scrape, prometheus_registry=prom_registry, collector=collector,
-                  global_meter_provider=global_meter, global_tracer_provider=global_tracer, otlp=otlp_on,
-                  metric_readers=[reader, *otlp_readers] if meter_provider is not None else None)
+    built = Setup(
+        resource=resource,
+        meter_provider=meter_provider,
+        tracer_provider=tracer_provider,
+        endpoint=scrape,
+        prometheus_registry=prom_registry,
+        collector=collector,
+        global_meter_provider=global_meter,
+        global_tracer_provider=global_tracer,
+        otlp=otlp_on,
+        metric_readers=[reader, *otlp_readers] if meter_provider is not None else None,
+    )
     if global_meter:
         # traced() with no observer records into the default Telemetry, over the
         # global provider, which is now ours: its histograms go to our readers directly.

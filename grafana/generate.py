@@ -14,12 +14,13 @@ Two dashboards with the same rows and panels:
 Every panel is described here once (``ROWS``); a query with ``recorded=`` has its recording-rule form.
 The output is deterministic (sorted keys, ids in layout order), so a test can compare it with the files.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -59,7 +60,7 @@ UP = "bool_yes_no"
 class Q:
     expr: str
     legend: str
-    recorded: Optional[str] = None   # the same series read from the recording rules
+    recorded: Optional[str] = None  # the same series read from the recording rules
     instant: bool = False
 
 
@@ -69,7 +70,7 @@ class P:
     description: str
     unit: str
     queries: list[Q]
-    kind: str = "timeseries"          # timeseries | heatmap | piechart
+    kind: str = "timeseries"  # timeseries | heatmap | piechart
     width: int = 8
     stack: bool = False
     min: Optional[float] = 0
@@ -84,26 +85,40 @@ class Row:
     repeat: Optional[str] = None
 
 
-def quantiles(metric: str, record: str, by: str, extra: str = "", label: str = "",
-              qs: tuple = (0.5, 0.9, 0.99)) -> list[Q]:
+def quantiles(
+    metric: str, record: str, by: str, extra: str = "", label: str = "", qs: tuple = (0.5, 0.9, 0.99)
+) -> list[Q]:
     """histogram_quantile over a bucket metric (raw) or its recorded per-le rate."""
     sel = f"{S}{', ' + extra if extra else ''}"
     out = []
     for q in qs:
         name = f"p{int(q * 100)}"
-        out.append(Q(
-            expr=f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
-            recorded=f"histogram_quantile({q}, sum by ({by}) ({record}{{{S}}}))",
-            legend=f"{name}{' ' + label if label else ''}" + (" {{transport_name}}" if "transport_name" in by else "")))
+        out.append(
+            Q(
+                expr=f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
+                recorded=f"histogram_quantile({q}, sum by ({by}) ({record}{{{S}}}))",
+                legend=f"{name}{' ' + label if label else ''}"
+                + (" {{transport_name}}" if "transport_name" in by else ""),
+            )
+        )
     return out
 
 
-def per_name(fn: str, metric: str, record: Optional[str], extra: str = "", by: str = "transport_name",
-             legend: str = "{{transport_name}}") -> Q:
+def per_name(
+    fn: str,
+    metric: str,
+    record: Optional[str],
+    extra: str = "",
+    by: str = "transport_name",
+    legend: str = "{{transport_name}}",
+) -> Q:
     """sum by (transport_name) (rate(metric{...}[$__rate_interval])), or the recorded rate."""
     sel = f"{S}{', ' + extra if extra else ''}"
-    return Q(expr=f"sum by ({by}) ({fn}({metric}{{{sel}}}[{RI}]))",
-             recorded=f"sum by ({by}) ({record}{{{S}}})" if record else None, legend=legend)
+    return Q(
+        expr=f"sum by ({by}) ({fn}({metric}{{{sel}}}[{RI}]))",
+        recorded=f"sum by ({by}) ({record}{{{S}}})" if record else None,
+        legend=legend,
+    )
 
 
 def gauge(metric: str, by: str = "transport_name", legend: str = "{{transport_name}}") -> Q:
@@ -114,153 +129,348 @@ def abnormal_ratio(by: str, legend: str) -> Q:
     count = "transport_connection_duration_seconds_count"
     rec = "instance_transport_name_error_type:transport_connection_closes:rate5m"
     return Q(
-        expr=(f'(sum by ({by}) (rate({count}{{{S}, error_type!=""}}[{RI}]))'
-              f" or 0 * sum by ({by}) (rate({count}{{{S}}}[{RI}])))"
-              f" / (sum by ({by}) (rate({count}{{{S}}}[{RI}])) > 0)"),
-        recorded=(f'(sum by ({by}) ({rec}{{{S}, error_type!=""}}) or 0 * sum by ({by}) ({rec}{{{S}}}))'
-                  f" / (sum by ({by}) ({rec}{{{S}}}) > 0)"),
-        legend=legend)
+        expr=(
+            f'(sum by ({by}) (rate({count}{{{S}, error_type!=""}}[{RI}]))'
+            f" or 0 * sum by ({by}) (rate({count}{{{S}}}[{RI}])))"
+            f" / (sum by ({by}) (rate({count}{{{S}}}[{RI}])) > 0)"
+        ),
+        recorded=(
+            f'(sum by ({by}) ({rec}{{{S}, error_type!=""}}) or 0 * sum by ({by}) ({rec}{{{S}}}))'
+            f" / (sum by ({by}) ({rec}{{{S}}}) > 0)"
+        ),
+        legend=legend,
+    )
 
 
 def paused_fraction(direction: str) -> Q:
     return Q(
-        expr=(f"sum by (transport_name) (rate(transport_{direction}_pause_duration_seconds_sum{{{S}}}[{RI}]))"
-              f" / (sum by (transport_name) (avg_over_time(transport_connection_active{{{S}}}[{RI}])) > 0)"),
+        expr=(
+            f"sum by (transport_name) (rate(transport_{direction}_pause_duration_seconds_sum{{{S}}}[{RI}]))"
+            f" / (sum by (transport_name) (avg_over_time(transport_connection_active{{{S}}}[{RI}])) > 0)"
+        ),
         recorded=f"sum by (transport_name) (instance_transport_name:transport_{direction}_paused_time:ratio_rate5m{{{S}}})",
-        legend=f"{direction} {{{{transport_name}}}}")
+        legend=f"{direction} {{{{transport_name}}}}",
+    )
 
 
 R = "instance_transport_name"
 ROWS = [
-    Row("Connections", [
-        P("Connections opened", "New connections per second (accepted by servers, made by clients), per transport name.",
-          CONN_RATE, [per_name("rate", "transport_connection_opened_total", f"{R}:transport_connection_opened:rate5m")]),
-        P("Active connections", "Connections open now (transport.connection.active), per transport name.",
-          CONN, [gauge("transport_connection_active")]),
-        P("Abnormal closes by error type",
-          "Connections per second that ended abnormally, by error_type: aborted (abort() called), "
-          "tls_handshake_failed, or the exception's class (ConnectionResetError, ...). Normal closes and EOFs "
-          "carry no error_type and are not shown.",
-          CONN_RATE, [per_name("rate", "transport_connection_duration_seconds_count",
-                               "instance_transport_name_error_type:transport_connection_closes:rate5m",
-                               extra='error_type!=""', by="transport_name, error_type",
-                               legend="{{error_type}} ({{transport_name}})")]),
-        P("Connection duration percentiles",
-          "p50/p90/p99 of how long connections lasted, from the transport.connection.duration histogram "
-          "(recorded at close; buckets 10 ms to 300 s).",
-          SECONDS, quantiles("transport_connection_duration_seconds",
-                             f"{R}_le:transport_connection_duration_seconds_bucket:rate5m", "le, transport_name"),
-          width=12, min=None),
-        P("Connection duration heatmap",
-          "Connections closed per second, by duration bucket (upper bound `le`, seconds): where the bulk of "
-          "connection lifetimes sit and how that moves over time.",
-          SECONDS, [Q(expr=f"sum by (le) (rate(transport_connection_duration_seconds_bucket{{{S}}}[{RI}]))",
-                      recorded=f"sum by (le) ({R}_le:transport_connection_duration_seconds_bucket:rate5m{{{S}}})",
-                      legend="{{le}}")],
-          kind="heatmap", width=12),
-        P("Abnormal-close ratio",
-          "Share of the connections that closed in the interval which closed abnormally (error_type set), "
-          "per transport name. The alert TracedTransportAbnormalCloseRatioHigh fires above 5%.",
-          PERCENT, [abnormal_ratio("transport_name", "{{transport_name}}")], width=24, max=1),
-    ]),
-    Row("Bytes", [
-        P("Received", "Bytes received per second (plaintext over TLS), per transport name.",
-          BYTES_RATE, [per_name("rate", "transport_received_bytes_total", f"{R}:transport_received_bytes:rate5m")],
-          width=12),
-        P("Sent", "Bytes sent per second (accepted by write/writelines/sendto, plus sendfile), per transport name.",
-          BYTES_RATE, [per_name("rate", "transport_sent_bytes_total", f"{R}:transport_sent_bytes:rate5m")],
-          width=12),
-    ]),
-    Row("Flow control", [
-        P("Reading pauses",
-          "Completed reading pauses per second (pause_reading() to resume_reading(): the app stopped taking "
-          "data, usually backpressure from its own writes or a slow consumer).",
-          PAUSE_RATE, [per_name("rate", "transport_reading_pause_duration_seconds_count",
-                                f"{R}:transport_reading_pauses:rate5m")]),
-        P("Writing pauses",
-          "Completed writing pauses per second (pause_writing() to resume_writing(): the transport's write "
-          "buffer passed its high-water mark because the peer reads slower than the app writes).",
-          PAUSE_RATE, [per_name("rate", "transport_writing_pause_duration_seconds_count",
-                                f"{R}:transport_writing_pauses:rate5m")]),
-        P("Connections paused now",
-          "Connections with reading paused and with writing paused right now. A line that stays up while the "
-          "pause rates above stay at zero is a stuck connection (alerts TracedTransport*StuckPaused).",
-          CONN, [gauge("transport_reading_paused", legend="reading {{transport_name}}"),
-                 gauge("transport_writing_paused", legend="writing {{transport_name}}")]),
-        P("Share of connection-time paused",
-          "Seconds spent paused per second, divided by the connections open on average: 50% means a typical "
-          "connection spent half its time with reading (or writing) paused. Counted when a pause ends, so a "
-          "long pause lands in one interval and the value can briefly pass 100%.",
-          PERCENT, [paused_fraction("reading"), paused_fraction("writing")], width=8),
-        P("Pause duration percentiles",
-          "p50/p99 of how long reading and writing pauses lasted (transport.reading/writing.pause.duration), "
-          "over the selected transport names.",
-          SECONDS, quantiles("transport_reading_pause_duration_seconds",
-                             f"{R}_le:transport_reading_pause_duration_seconds_bucket:rate5m", "le",
-                             label="reading", qs=(0.5, 0.99))
-          + quantiles("transport_writing_pause_duration_seconds",
-                      f"{R}_le:transport_writing_pause_duration_seconds_bucket:rate5m", "le",
-                      label="writing", qs=(0.5, 0.99)), min=None),
-        P("Buffered bytes",
-          "Bytes waiting in the transports' write buffers now (get_write_buffer_size(), summed): what the "
-          "peers have not taken yet.",
-          BYTES, [gauge("transport_write_buffer_size_bytes")]),
-    ]),
-    Row("TLS", [
-        P("TLS connections by version",
-          "TLS connections opened per second by negotiated protocol version (connections upgraded with "
-          "start_tls keep their plain attributes: see the handshakes by cipher and version panel).",
-          CONN_RATE, [per_name("rate", "transport_connection_opened_total",
-                               f"{R}_tls_protocol_version:transport_connection_opened:rate5m",
-                               extra='tls_protocol_version!=""', by="tls_protocol_version",
-                               legend="TLS {{tls_protocol_version}}")], stack=True),
-        P("TLS version share",
-          "Share of TLS connections per protocol version over the dashboard's time range.",
-          PERCENT, [Q(expr=f'sum by (tls_protocol_version) (increase(transport_connection_opened_total'
-                           f'{{{S}, tls_protocol_version!=""}}[$__range]))',
-                      legend="TLS {{tls_protocol_version}}", instant=True)], kind="piechart"),
-        P("TLS handshake failures",
-          "Failed TLS handshakes per second (bad certificate, plaintext to a TLS port, no shared version or "
-          "cipher). The alert TracedTransportTLSHandshakeFailuresRising fires when they double.",
-          "suffix: failures/s", [per_name("rate", "transport_tls_handshake_duration_seconds_count",
-                                          f"{R}:transport_tls_handshake_failures:rate5m", extra='error_type!=""')]),
-        P("TLS handshakes by cipher and version",
-          "Successful TLS handshakes per second by negotiated cipher suite (IANA name) and protocol version, "
-          "from the tls.cipher and tls.protocol.version attributes of transport.tls.handshake.duration: "
-          "every TLS connection the library sees the handshake of, start_tls upgrades included.",
-          CONN_RATE, [per_name("rate", "transport_tls_handshake_duration_seconds_count", None,
-                               extra='error_type="", tls_cipher!=""', by="tls_cipher, tls_protocol_version",
-                               legend="{{tls_cipher}} (TLS {{tls_protocol_version}})")], width=12, stack=True),
-        P("TLS handshake duration percentiles",
-          "p50/p90/p99 of successful handshakes, from accept (or start_tls) to handshake done.",
-          SECONDS, quantiles("transport_tls_handshake_duration_seconds",
-                             f"{R}_le:transport_tls_handshake_duration_seconds_bucket:rate5m", "le, transport_name",
-                             extra='error_type=""'), width=12, min=None),
-    ]),
-    Row("Per instance", [
-        P("Active connections per instance",
-          "Connections open now per scrape target (each worker process or host): an uneven spread shows a "
-          "balancing problem.", CONN, [gauge("transport_connection_active", by="instance", legend="{{instance}}")]),
-        P("Bytes per second per instance", "Received and sent bytes per second per scrape target.",
-          BYTES_RATE, [per_name("rate", "transport_received_bytes_total", f"{R}:transport_received_bytes:rate5m",
-                                by="instance", legend="received {{instance}}"),
-                       per_name("rate", "transport_sent_bytes_total", f"{R}:transport_sent_bytes:rate5m",
-                                by="instance", legend="sent {{instance}}")]),
-        P("Paused connections per instance", "Connections with reading or writing paused now, per scrape target.",
-          CONN, [gauge("transport_reading_paused", by="instance", legend="reading {{instance}}"),
-                 gauge("transport_writing_paused", by="instance", legend="writing {{instance}}")]),
-        P("Abnormal-close ratio per instance", "Share of closes that were abnormal, per scrape target.",
-          PERCENT, [abnormal_ratio("instance", "{{instance}}")], width=12, max=1),
-        P("Scrape target up", "Whether Prometheus could scrape each target (the up metric); "
-          "alert TracedTransportTargetDown.",
-          UP, [Q(expr='up{job=~"$job", instance=~"$instance"}', legend="{{instance}}")], width=12, max=1),
-    ], collapsed=False),
+    Row(
+        "Connections",
+        [
+            P(
+                "Connections opened",
+                "New connections per second (accepted by servers, made by clients), per transport name.",
+                CONN_RATE,
+                [per_name("rate", "transport_connection_opened_total", f"{R}:transport_connection_opened:rate5m")],
+            ),
+            P(
+                "Active connections",
+                "Connections open now (transport.connection.active), per transport name.",
+                CONN,
+                [gauge("transport_connection_active")],
+            ),
+            P(
+                "Abnormal closes by error type",
+                "Connections per second that ended abnormally, by error_type: aborted (abort() called), "
+                "tls_handshake_failed, or the exception's class (ConnectionResetError, ...). Normal closes and EOFs "
+                "carry no error_type and are not shown.",
+                CONN_RATE,
+                [
+                    per_name(
+                        "rate",
+                        "transport_connection_duration_seconds_count",
+                        "instance_transport_name_error_type:transport_connection_closes:rate5m",
+                        extra='error_type!=""',
+                        by="transport_name, error_type",
+                        legend="{{error_type}} ({{transport_name}})",
+                    )
+                ],
+            ),
+            P(
+                "Connection duration percentiles",
+                "p50/p90/p99 of how long connections lasted, from the transport.connection.duration histogram "
+                "(recorded at close; buckets 10 ms to 300 s).",
+                SECONDS,
+                quantiles(
+                    "transport_connection_duration_seconds",
+                    f"{R}_le:transport_connection_duration_seconds_bucket:rate5m",
+                    "le, transport_name",
+                ),
+                width=12,
+                min=None,
+            ),
+            P(
+                "Connection duration heatmap",
+                "Connections closed per second, by duration bucket (upper bound `le`, seconds): where the bulk of "
+                "connection lifetimes sit and how that moves over time.",
+                SECONDS,
+                [
+                    Q(
+                        expr=f"sum by (le) (rate(transport_connection_duration_seconds_bucket{{{S}}}[{RI}]))",
+                        recorded=f"sum by (le) ({R}_le:transport_connection_duration_seconds_bucket:rate5m{{{S}}})",
+                        legend="{{le}}",
+                    )
+                ],
+                kind="heatmap",
+                width=12,
+            ),
+            P(
+                "Abnormal-close ratio",
+                "Share of the connections that closed in the interval which closed abnormally (error_type set), "
+                "per transport name. The alert TracedTransportAbnormalCloseRatioHigh fires above 5%.",
+                PERCENT,
+                [abnormal_ratio("transport_name", "{{transport_name}}")],
+                width=24,
+                max=1,
+            ),
+        ],
+    ),
+    Row(
+        "Bytes",
+        [
+            P(
+                "Received",
+                "Bytes received per second (plaintext over TLS), per transport name.",
+                BYTES_RATE,
+                [per_name("rate", "transport_received_bytes_total", f"{R}:transport_received_bytes:rate5m")],
+                width=12,
+            ),
+            P(
+                "Sent",
+                "Bytes sent per second (accepted by write/writelines/sendto, plus sendfile), per transport name.",
+                BYTES_RATE,
+                [per_name("rate", "transport_sent_bytes_total", f"{R}:transport_sent_bytes:rate5m")],
+                width=12,
+            ),
+        ],
+    ),
+    Row(
+        "Flow control",
+        [
+            P(
+                "Reading pauses",
+                "Completed reading pauses per second (pause_reading() to resume_reading(): the app stopped taking "
+                "data, usually backpressure from its own writes or a slow consumer).",
+                PAUSE_RATE,
+                [
+                    per_name(
+                        "rate", "transport_reading_pause_duration_seconds_count", f"{R}:transport_reading_pauses:rate5m"
+                    )
+                ],
+            ),
+            P(
+                "Writing pauses",
+                "Completed writing pauses per second (pause_writing() to resume_writing(): the transport's write "
+                "buffer passed its high-water mark because the peer reads slower than the app writes).",
+                PAUSE_RATE,
+                [
+                    per_name(
+                        "rate", "transport_writing_pause_duration_seconds_count", f"{R}:transport_writing_pauses:rate5m"
+                    )
+                ],
+            ),
+            P(
+                "Connections paused now",
+                "Connections with reading paused and with writing paused right now. A line that stays up while the "
+                "pause rates above stay at zero is a stuck connection (alerts TracedTransport*StuckPaused).",
+                CONN,
+                [
+                    gauge("transport_reading_paused", legend="reading {{transport_name}}"),
+                    gauge("transport_writing_paused", legend="writing {{transport_name}}"),
+                ],
+            ),
+            P(
+                "Share of connection-time paused",
+                "Seconds spent paused per second, divided by the connections open on average: 50% means a typical "
+                "connection spent half its time with reading (or writing) paused. Counted when a pause ends, so a "
+                "long pause lands in one interval and the value can briefly pass 100%.",
+                PERCENT,
+                [paused_fraction("reading"), paused_fraction("writing")],
+                width=8,
+            ),
+            P(
+                "Pause duration percentiles",
+                "p50/p99 of how long reading and writing pauses lasted (transport.reading/writing.pause.duration), "
+                "over the selected transport names.",
+                SECONDS,
+                quantiles(
+                    "transport_reading_pause_duration_seconds",
+                    f"{R}_le:transport_reading_pause_duration_seconds_bucket:rate5m",
+                    "le",
+                    label="reading",
+                    qs=(0.5, 0.99),
+                )
+                + quantiles(
+                    "transport_writing_pause_duration_seconds",
+                    f"{R}_le:transport_writing_pause_duration_seconds_bucket:rate5m",
+                    "le",
+                    label="writing",
+                    qs=(0.5, 0.99),
+                ),
+                min=None,
+            ),
+            P(
+                "Buffered bytes",
+                "Bytes waiting in the transports' write buffers now (get_write_buffer_size(), summed): what the "
+                "peers have not taken yet.",
+                BYTES,
+                [gauge("transport_write_buffer_size_bytes")],
+            ),
+        ],
+    ),
+    Row(
+        "TLS",
+        [
+            P(
+                "TLS connections by version",
+                "TLS connections opened per second by negotiated protocol version (connections upgraded with "
+                "start_tls keep their plain attributes: see the handshakes by cipher and version panel).",
+                CONN_RATE,
+                [
+                    per_name(
+                        "rate",
+                        "transport_connection_opened_total",
+                        f"{R}_tls_protocol_version:transport_connection_opened:rate5m",
+                        extra='tls_protocol_version!=""',
+                        by="tls_protocol_version",
+                        legend="TLS {{tls_protocol_version}}",
+                    )
+                ],
+                stack=True,
+            ),
+            P(
+                "TLS version share",
+                "Share of TLS connections per protocol version over the dashboard's time range.",
+                PERCENT,
+                [
+                    Q(
+                        expr=f"sum by (tls_protocol_version) (increase(transport_connection_opened_total"
+                        f'{{{S}, tls_protocol_version!=""}}[$__range]))',
+                        legend="TLS {{tls_protocol_version}}",
+                        instant=True,
+                    )
+                ],
+                kind="piechart",
+            ),
+            P(
+                "TLS handshake failures",
+                "Failed TLS handshakes per second (bad certificate, plaintext to a TLS port, no shared version or "
+                "cipher). The alert TracedTransportTLSHandshakeFailuresRising fires when they double.",
+                "suffix: failures/s",
+                [
+                    per_name(
+                        "rate",
+                        "transport_tls_handshake_duration_seconds_count",
+                        f"{R}:transport_tls_handshake_failures:rate5m",
+                        extra='error_type!=""',
+                    )
+                ],
+            ),
+            P(
+                "TLS handshakes by cipher and version",
+                "Successful TLS handshakes per second by negotiated cipher suite (IANA name) and protocol version, "
+                "from the tls.cipher and tls.protocol.version attributes of transport.tls.handshake.duration: "
+                "every TLS connection the library sees the handshake of, start_tls upgrades included.",
+                CONN_RATE,
+                [
+                    per_name(
+                        "rate",
+                        "transport_tls_handshake_duration_seconds_count",
+                        None,
+                        extra='error_type="", tls_cipher!=""',
+                        by="tls_cipher, tls_protocol_version",
+                        legend="{{tls_cipher}} (TLS {{tls_protocol_version}})",
+                    )
+                ],
+                width=12,
+                stack=True,
+            ),
+            P(
+                "TLS handshake duration percentiles",
+                "p50/p90/p99 of successful handshakes, from accept (or start_tls) to handshake done.",
+                SECONDS,
+                quantiles(
+                    "transport_tls_handshake_duration_seconds",
+                    f"{R}_le:transport_tls_handshake_duration_seconds_bucket:rate5m",
+                    "le, transport_name",
+                    extra='error_type=""',
+                ),
+                width=12,
+                min=None,
+            ),
+        ],
+    ),
+    Row(
+        "Per instance",
+        [
+            P(
+                "Active connections per instance",
+                "Connections open now per scrape target (each worker process or host): an uneven spread shows a "
+                "balancing problem.",
+                CONN,
+                [gauge("transport_connection_active", by="instance", legend="{{instance}}")],
+            ),
+            P(
+                "Bytes per second per instance",
+                "Received and sent bytes per second per scrape target.",
+                BYTES_RATE,
+                [
+                    per_name(
+                        "rate",
+                        "transport_received_bytes_total",
+                        f"{R}:transport_received_bytes:rate5m",
+                        by="instance",
+                        legend="received {{instance}}",
+                    ),
+                    per_name(
+                        "rate",
+                        "transport_sent_bytes_total",
+                        f"{R}:transport_sent_bytes:rate5m",
+                        by="instance",
+                        legend="sent {{instance}}",
+                    ),
+                ],
+            ),
+            P(
+                "Paused connections per instance",
+                "Connections with reading or writing paused now, per scrape target.",
+                CONN,
+                [
+                    gauge("transport_reading_paused", by="instance", legend="reading {{instance}}"),
+                    gauge("transport_writing_paused", by="instance", legend="writing {{instance}}"),
+                ],
+            ),
+            P(
+                "Abnormal-close ratio per instance",
+                "Share of closes that were abnormal, per scrape target.",
+                PERCENT,
+                [abnormal_ratio("instance", "{{instance}}")],
+                width=12,
+                max=1,
+            ),
+            P(
+                "Scrape target up",
+                "Whether Prometheus could scrape each target (the up metric); alert TracedTransportTargetDown.",
+                UP,
+                [Q(expr='up{job=~"$job", instance=~"$instance"}', legend="{{instance}}")],
+                width=12,
+                max=1,
+            ),
+        ],
+        collapsed=False,
+    ),
 ]
 
 
 def _target(q: Q, ref: str, recorded: bool, heatmap: bool) -> prom_b.Dataquery:
-    t = (prom_b.Dataquery().expr(q.recorded if recorded and q.recorded else q.expr)
-         .legend_format(q.legend).ref_id(ref).datasource(DATASOURCE))
+    t = (
+        prom_b.Dataquery()
+        .expr(q.recorded if recorded and q.recorded else q.expr)
+        .legend_format(q.legend)
+        .ref_id(ref)
+        .datasource(DATASOURCE)
+    )
     if heatmap:
         t = t.format(prom_m.PromQueryFormat.HEATMAP)
     return t.instant() if q.instant else t.range()
@@ -269,25 +479,54 @@ def _target(q: Q, ref: str, recorded: bool, heatmap: bool) -> prom_b.Dataquery:
 def _panel(p: P, recorded: bool):
     refs = "ABCDEFGHIJ"
     if p.kind == "heatmap":
-        b = (heatmap_b.Panel().calculate(False)
-             .color(heatmap_b.HeatmapColorOptions().mode(heatmap_m.HeatmapColorMode.SCHEME).scheme("Oranges")
-                    .scale(heatmap_m.HeatmapColorScale.EXPONENTIAL).exponent(0.5).steps(64))
-             .y_axis(heatmap_b.YAxisConfig().unit(p.unit))
-             .rows_frame(heatmap_b.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
-             .cell_values(heatmap_b.CellValues().unit(CONN_RATE))
-             .show_legend())
+        b = (
+            heatmap_b.Panel()
+            .calculate(False)
+            .color(
+                heatmap_b.HeatmapColorOptions()
+                .mode(heatmap_m.HeatmapColorMode.SCHEME)
+                .scheme("Oranges")
+                .scale(heatmap_m.HeatmapColorScale.EXPONENTIAL)
+                .exponent(0.5)
+                .steps(64)
+            )
+            .y_axis(heatmap_b.YAxisConfig().unit(p.unit))
+            .rows_frame(heatmap_b.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+            .cell_values(heatmap_b.CellValues().unit(CONN_RATE))
+            .show_legend()
+        )
     elif p.kind == "piechart":
-        b = (piechart_b.Panel().pie_type(piechart_m.PieChartType.DONUT)
-             .legend(piechart_b.PieChartLegendOptions().display_mode(common.LegendDisplayMode.TABLE)
-                     .placement(common.LegendPlacement.RIGHT).show_legend(True).values(["percent"]))
-             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
+        b = (
+            piechart_b.Panel()
+            .pie_type(piechart_m.PieChartType.DONUT)
+            .legend(
+                piechart_b.PieChartLegendOptions()
+                .display_mode(common.LegendDisplayMode.TABLE)
+                .placement(common.LegendPlacement.RIGHT)
+                .show_legend(True)
+                .values(["percent"])
+            )
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        )
     else:
-        b = (ts_b.Panel().line_width(1).fill_opacity(25 if p.stack else 10).show_points(common.VisibilityMode.NEVER)
-             .legend(common_b.VizLegendOptions().display_mode(common.LegendDisplayMode.TABLE)
-                     .placement(common.LegendPlacement.BOTTOM).show_legend(True).calcs(["mean", "max", "lastNotNull"])
-                     .sort_by("Mean").sort_desc(True))
-             .tooltip(common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
-                      .sort(common.SortOrder.DESCENDING)))
+        b = (
+            ts_b.Panel()
+            .line_width(1)
+            .fill_opacity(25 if p.stack else 10)
+            .show_points(common.VisibilityMode.NEVER)
+            .legend(
+                common_b.VizLegendOptions()
+                .display_mode(common.LegendDisplayMode.TABLE)
+                .placement(common.LegendPlacement.BOTTOM)
+                .show_legend(True)
+                .calcs(["mean", "max", "lastNotNull"])
+                .sort_by("Mean")
+                .sort_desc(True)
+            )
+            .tooltip(
+                common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
+            )
+        )
         if p.stack:
             b = b.stacking(common_b.StackingConfig().mode(common.StackingMode.NORMAL))
         if p.min is not None:
@@ -302,34 +541,64 @@ def _panel(p: P, recorded: bool):
 
 def _variables() -> list:
     def query_var(name: str, label: str, query: str, description: str):
-        return (dash_b.QueryVariable(name).label(label).description(description).datasource(DATASOURCE)
-                .query({"query": query, "refId": f"{name}-var", "qryType": 1})
-                .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dash_m.VariableSort.ALPHABETICAL_ASC)
-                .multi(True).include_all(True).all_value(".*")
-                .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"])))
+        return (
+            dash_b.QueryVariable(name)
+            .label(label)
+            .description(description)
+            .datasource(DATASOURCE)
+            .query({"query": query, "refId": f"{name}-var", "qryType": 1})
+            .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        )
 
     return [
-        dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        dash_b.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
         .description("The Prometheus that scrapes the traced-transport endpoints."),
-        query_var("job", "Job", "label_values(transport_connection_opened_total, job)",
-                  "Prometheus job(s) of the scrape endpoints."),
-        query_var("instance", "Instance", 'label_values(transport_connection_opened_total{job=~"$job"}, instance)',
-                  "Scrape targets: one per process, or per host with traced-transport run."),
-        query_var("transport_name", "Transport name",
-                  'label_values(transport_connection_opened_total{job=~"$job", instance=~"$instance"}, transport_name)',
-                  "The name= given to traced()/start_server()/instrument()."),
+        query_var(
+            "job",
+            "Job",
+            "label_values(transport_connection_opened_total, job)",
+            "Prometheus job(s) of the scrape endpoints.",
+        ),
+        query_var(
+            "instance",
+            "Instance",
+            'label_values(transport_connection_opened_total{job=~"$job"}, instance)',
+            "Scrape targets: one per process, or per host with traced-transport run.",
+        ),
+        query_var(
+            "transport_name",
+            "Transport name",
+            'label_values(transport_connection_opened_total{job=~"$job", instance=~"$instance"}, transport_name)',
+            "The name= given to traced()/start_server()/instrument().",
+        ),
     ]
 
 
 def build(recorded: bool = False) -> dict:
     uid = "traced-transport-overview" + ("-recorded" if recorded else "")
     title = "traced-transport overview" + (" (recording rules)" if recorded else "")
-    b = (dash_b.Dashboard(title).uid(uid)
-         .description("Connections, bytes, flow control and TLS of asyncio transports traced by traced-transport"
-                      + (", read from the recording rules of grafana/prometheus/rules.yml." if recorded else "."))
-         .tags(["traced-transport", "asyncio", "transport"]).editable().timezone("browser")
-         .time("now-30m", "now").refresh("30s").tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
-         .variables(_variables()))
+    b = (
+        dash_b.Dashboard(title)
+        .uid(uid)
+        .description(
+            "Connections, bytes, flow control and TLS of asyncio transports traced by traced-transport"
+            + (", read from the recording rules of grafana/prometheus/rules.yml." if recorded else ".")
+        )
+        .tags(["traced-transport", "asyncio", "transport"])
+        .editable()
+        .timezone("browser")
+        .time("now-30m", "now")
+        .refresh("30s")
+        .tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
+        .variables(_variables())
+    )
     for row in ROWS:
         b = b.with_row(dash_b.Row(row.title).collapsed(row.collapsed))
         for p in row.panels:
@@ -346,8 +615,10 @@ def render(model: dict) -> str:
 
 
 def files() -> dict[Path, str]:
-    return {OUT / "traced-transport-overview.json": render(build(False)),
-            OUT / "traced-transport-overview-recorded.json": render(build(True))}
+    return {
+        OUT / "traced-transport-overview.json": render(build(False)),
+        OUT / "traced-transport-overview-recorded.json": render(build(True)),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -3,6 +3,7 @@
 Used by the real-Prometheus test (tests/grafana/test_dashboards.py) and by render_preview.py. Standard library
 only; needs Debian's ``prometheus`` binary.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "prometheus" / "rules.yml"
@@ -31,8 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def poll(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
-         alive: Callable[[], Optional[str]] = lambda: None):
+def poll(
+    check: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    alive: Callable[[], Optional[str]] = lambda: None,
+):
     """check() until it returns something truthy; TimeoutError after ``timeout`` (state in another process)."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -61,10 +68,23 @@ class Demo:
         self.log_path = workdir / "demo.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            cmd + ["demo", "--metrics-port", "0", "--concurrency", str(concurrency), "--seed", str(seed),
-                   "--interval", "5"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            cwd=HERE.parent)
+            cmd
+            + [
+                "demo",
+                "--metrics-port",
+                "0",
+                "--concurrency",
+                str(concurrency),
+                "--seed",
+                str(seed),
+                "--interval",
+                "5",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            cwd=HERE.parent,
+        )
         self.metrics_url = poll(self._url, 30, "the demo's metrics URL", alive=self.problem)
         self.target = urllib.parse.urlsplit(self.metrics_url).netloc
 
@@ -94,8 +114,14 @@ class Demo:
 class Prometheus:
     """Prometheus scraping ``targets`` every second as ``job``, with ``rules`` (None: none) evaluated every second."""
 
-    def __init__(self, workdir: Path, targets: list[str], binary: Optional[str] = None,
-                 rules: Optional[Path] = RULES, job: str = JOB) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        binary: Optional[str] = None,
+        rules: Optional[Path] = RULES,
+        job: str = JOB,
+    ) -> None:
         binary = binary or shutil.which("prometheus")
         if binary is None:
             raise FileNotFoundError("prometheus is not installed (Debian: apt-get install -y prometheus)")
@@ -111,13 +137,22 @@ class Prometheus:
             + "scrape_configs:\n"
             f"  - job_name: {job}\n"
             "    static_configs:\n"
-            f"      - targets: {json.dumps(targets)}\n")
+            f"      - targets: {json.dumps(targets)}\n"
+        )
         self.log_path = workdir / "prometheus.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prom-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
         poll(self.ready, 30, "prometheus ready", alive=self.problem)
 
     def log(self) -> str:
@@ -160,6 +195,7 @@ class Prometheus:
 
 # --- dashboards ---------------------------------------------------------------------------------------------
 
+
 def load_dashboards() -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
 
@@ -185,8 +221,9 @@ BUILTINS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "1m"}
 def substitute(expr: str, values: dict[str, str]) -> str:
     """Grafana's interpolation for Prometheus: a multi-value/All variable becomes a regex (``.*`` for All)."""
     out = expr
-    for name, value in sorted({**BUILTINS, **{f"${k}": v for k, v in values.items()}}.items(),
-                              key=lambda kv: -len(kv[0])):  # $__rate_interval before $__range
+    for name, value in sorted(
+        {**BUILTINS, **{f"${k}": v for k, v in values.items()}}.items(), key=lambda kv: -len(kv[0])
+    ):  # $__rate_interval before $__range
         out = out.replace(name.replace("$", "${", 1) + "}", value).replace(name, value)
     return out
 
@@ -195,8 +232,9 @@ def multi_value(values: list[str]) -> str:
     """A multi-value selection as Grafana's Prometheus data source interpolates it into ``=~"..."``: each
     regex metacharacter escaped for the regex and again for the PromQL string (a dot becomes two backslashes
     and a dot), several values joined as ``(a|b)``."""
-    escaped = [re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), v.replace("\\", "\\\\\\\\"))
-               for v in values]
+    escaped = [
+        re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), v.replace("\\", "\\\\\\\\")) for v in values
+    ]
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 

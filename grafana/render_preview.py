@@ -6,6 +6,7 @@ Starts ``traced-transport demo`` and Prometheus (1 s scrapes, rules loaded), let
 panel's queries (variables set to All) as Grafana would (range queries; the pie chart as an instant query) and
 draws them in the dashboard's rows and columns with matplotlib. Needs the ``preview`` extra.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ def fmt(unit: str, v: float) -> str:
         return f"{v * 100:.3g}%"
     if unit == "bool_yes_no":
         return "yes" if v >= 0.5 else "no"
-    return f"{v:.3g}{unit[len('suffix:'):] if unit.startswith('suffix:') else ''}"
+    return f"{v:.3g}{unit[len('suffix:') :] if unit.startswith('suffix:') else ''}"
 
 
 def legend(template: str, metric: dict) -> str:
@@ -52,8 +53,12 @@ def draw(ax, panel: dict, prom: live.Prometheus, start: float, end: float, step:
         res = prom.query(live.substitute(t["expr"], EVERYTHING))["data"]["result"]
         vals = [float(r["value"][1]) for r in res]
         labels = [legend(t["legendFormat"], r["metric"]) for r in res]
-        ax.pie(vals, labels=[f"{lb} {v / sum(vals):.0%}" for lb, v in zip(labels, vals)], textprops={"fontsize": 8},
-               wedgeprops={"width": 0.45})
+        ax.pie(
+            vals,
+            labels=[f"{lb} {v / sum(vals):.0%}" for lb, v in zip(labels, vals)],
+            textprops={"fontsize": 8},
+            wedgeprops={"width": 0.45},
+        )
         return
     if panel["type"] == "heatmap":
         t = panel["targets"][0]
@@ -63,11 +68,18 @@ def draw(ax, panel: dict, prom: live.Prometheus, start: float, end: float, step:
         cum = [[float(v) if math.isfinite(float(v)) else 0.0 for _, v in r["values"]] for r in rows]
         n = min(len(c) for c in cum)
         cells = [[cum[i][j] - (cum[i - 1][j] if i else 0.0) for j in range(n)] for i in range(len(cum))]
-        ax.imshow([[math.sqrt(max(c, 0)) for c in row] for row in cells], aspect="auto", origin="lower",
-                  cmap="Oranges", extent=(0, n * step, 0, len(rows)))
+        ax.imshow(
+            [[math.sqrt(max(c, 0)) for c in row] for row in cells],
+            aspect="auto",
+            origin="lower",
+            cmap="Oranges",
+            extent=(0, n * step, 0, len(rows)),
+        )
         ax.set_yticks([i + 0.5 for i in range(len(rows))][::2])
-        ax.set_yticklabels([fmt("s", float(r["metric"]["le"])) if r["metric"]["le"] != "+Inf" else "+Inf"
-                            for r in rows][::2], fontsize=6)
+        ax.set_yticklabels(
+            [fmt("s", float(r["metric"]["le"])) if r["metric"]["le"] != "+Inf" else "+Inf" for r in rows][::2],
+            fontsize=6,
+        )
         ax.set_xlabel("seconds", fontsize=7)
         return
     for t in panel["targets"]:
@@ -117,15 +129,25 @@ def render(prom: live.Prometheus, out: Path, seconds: float) -> None:
             x = 0
             for p in line:
                 w = p["gridPos"]["w"]
-                ax = fig.add_subplot(grid[i, x:x + w])
+                ax = fig.add_subplot(grid[i, x : x + w])
                 draw(ax, p, prom, start, end, step)
                 x += w
             if k == 0:  # the row's title above its first line of panels, as Grafana shows it
-                fig.axes[-len(line)].annotate(title, xy=(0, 1), xycoords="axes fraction", xytext=(-30, 24),
-                                              textcoords="offset points", fontsize=13, weight="bold")
+                fig.axes[-len(line)].annotate(
+                    title,
+                    xy=(0, 1),
+                    xycoords="axes fraction",
+                    xytext=(-30, 24),
+                    textcoords="offset points",
+                    fontsize=13,
+                    weight="bold",
+                )
             i += 1
-    fig.suptitle(f"{dashboard['title']}: the demo's load, {seconds:.0f} s, real Prometheus (grafana/render_preview.py)",
-                 fontsize=14, y=0.999)
+    fig.suptitle(
+        f"{dashboard['title']}: the demo's load, {seconds:.0f} s, real Prometheus (grafana/render_preview.py)",
+        fontsize=14,
+        y=0.999,
+    )
     fig.savefig(out, dpi=80, bbox_inches="tight")
     print(f"wrote {out}")
 

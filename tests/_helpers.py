@@ -1,4 +1,5 @@
 """Protocols used by the tests: real ones, with events to await instead of sleeps; external tools."""
+
 from __future__ import annotations
 
 import asyncio
@@ -109,8 +110,14 @@ def _same(factory):
 
 
 async def tcp_pair(
-    app_server=Collect, app_client=Collect, *, wrap_server=_same, wrap_client=_same,
-    ssl_server=None, ssl_client=None, host="127.0.0.1",
+    app_server=Collect,
+    app_client=Collect,
+    *,
+    wrap_server=_same,
+    wrap_client=_same,
+    ssl_server=None,
+    ssl_client=None,
+    host="127.0.0.1",
 ):
     """A server and one client connected to it: (server, server app protocol, client transport, client protocol).
 

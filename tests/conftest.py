@@ -1,4 +1,5 @@
 """Shared fixtures: every core test runs on the default loop and on uvloop; promtool and prometheus binaries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,9 +7,9 @@ import os
 import ssl
 
 import pytest
+from _helpers import require_binary
 
 import traced_transport as tt
-from _helpers import require_binary
 
 try:
     import uvloop

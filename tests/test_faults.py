@@ -1,14 +1,15 @@
 """Telemetry failures never reach the app; odd transports are handled."""
+
 from __future__ import annotations
 
-import asyncio
 import logging
+
+from _helpers import Collect, closed, tcp_pair
 
 import traced_transport as tt
 from traced_transport import report as _safety
 from traced_transport.datapath.classify import conn_key
 from traced_transport.datapath.extra import snapshot_extra
-from _helpers import Collect, closed, tcp_pair
 
 
 class RaisingObserver:
@@ -34,7 +35,8 @@ def test_raising_observer_does_not_reach_app(run, caplog):
         for _ in range(3):
             server, s_app, c_tr, c_app = await tcp_pair(
                 lambda: Collect(echo=True),
-                wrap_server=lambda f: tt.traced(f, name="s", registry=registry, observer=observer))
+                wrap_server=lambda f: tt.traced(f, name="s", registry=registry, observer=observer),
+            )
             s_app.transport.pause_reading()
             s_app.transport.resume_reading()
             c_tr.write(b"ping")
@@ -102,12 +104,14 @@ class _BrokenTracerProvider:
 def test_sdk_failing_at_set_up_does_not_reach_the_app(run, caplog):
     _safety.reset_rate_limit()
     with caplog.at_level(logging.WARNING, logger="traced_transport"):
-        telemetry = tt.Telemetry(tt.Registry(), meter_provider=_BrokenMeterProvider(),
-                                 tracer_provider=_BrokenTracerProvider())
+        telemetry = tt.Telemetry(
+            tt.Registry(), meter_provider=_BrokenMeterProvider(), tracer_provider=_BrokenTracerProvider()
+        )
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            lambda: Collect(echo=True), wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry))
+            lambda: Collect(echo=True), wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry)
+        )
         c_tr.write(b"ping")
         await c_app.wait_bytes(4)
         c_tr.close()
@@ -129,8 +133,14 @@ def test_two_collections_close_together_do_not_share_counts(run):
 
     def opened() -> int:
         data = reader.get_metrics_data()
-        return sum(p.value for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                   if m.name == "transport.connection.opened" for p in m.data.data_points)
+        return sum(
+            p.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "transport.connection.opened"
+            for p in m.data.data_points
+        )
 
     async def connect():
         server, s_app, c_tr, c_app = await tcp_pair(wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry))

@@ -1,11 +1,12 @@
 """traced() with no arguments follows OpenTelemetry's global providers, whenever the app sets them."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import asyncio
     from opentelemetry import trace
     import traced_transport as tt
@@ -45,7 +46,7 @@ SCRIPT = textwrap.dedent('''
     names = [s.name for s in exporter.get_finished_spans()]
     assert names == ["g connection"], names
     print("ok")
-''')
+""")
 
 
 def test_spans_follow_the_global_provider():

@@ -1,4 +1,5 @@
 """instrument()/uninstrument(): zero-code tracing on any loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,10 +7,10 @@ import os
 import sys
 
 import pytest
+from _helpers import Collect, closed
 
 import traced_transport as tt
 from traced_transport.loops import patches as _hooks
-from _helpers import Collect, closed
 
 
 @pytest.fixture
@@ -49,8 +50,10 @@ def test_instrument_traces_unmodified_code(run, instrumented):
 
 def test_instrument_is_idempotent_and_uninstrument_restores(run):
     # The unhooked methods (importing traced_transport already hooked them).
-    originals = {name: getattr(vars(asyncio.BaseEventLoop)[name], _hooks._MARK, vars(asyncio.BaseEventLoop)[name])
-                 for name in ("create_server", "create_connection", "start_tls", "sendfile")}
+    originals = {
+        name: getattr(vars(asyncio.BaseEventLoop)[name], _hooks._MARK, vars(asyncio.BaseEventLoop)[name])
+        for name in ("create_server", "create_connection", "start_tls", "sendfile")
+    }
     registry = tt.Registry()
     tt.instrument(registry=registry)
     tt.instrument(registry=registry)  # again: still one hook layer, same behaviour
@@ -107,7 +110,8 @@ def test_instrument_pipes_and_datagrams(run, instrumented):
     async def main():
         loop = asyncio.get_running_loop()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "print('x' * 10)", stdout=asyncio.subprocess.PIPE)
+            sys.executable, "-c", "print('x' * 10)", stdout=asyncio.subprocess.PIPE
+        )
         out = await proc.stdout.read()
         assert await proc.wait() == 0
         assert out.strip() == b"x" * 10
@@ -150,8 +154,12 @@ def test_instrument_counts_a_subprocess_once(run, instrumented):
     # their own, or a subprocess counts 3 times and its bytes twice.
     async def main():
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.write(sys.stdin.read())",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         assert tt.is_proxy(proc.stdin.transport)
         assert proc.stdin.transport.traced_inner is tt.unwrap(proc.stdin.transport)  # one layer
         out, _ = await proc.communicate(b"x" * 100)
@@ -173,7 +181,8 @@ def test_traced_inline_in_the_first_call_after_uninstrument(run):
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Collect, "127.0.0.1", 0)
         tr, app = await loop.create_connection(
-            tt.traced(Collect, side="client", registry=registry), *server.sockets[0].getsockname())
+            tt.traced(Collect, side="client", registry=registry), *server.sockets[0].getsockname()
+        )
         assert tt.is_proxy(tr) and isinstance(app, Collect) and app.transport is tr
         tr.close()
         await app.lost

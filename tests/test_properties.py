@@ -1,14 +1,15 @@
 """Property-based: whatever the chunking, pauses and buffer limits, bytes arrive intact and counts are exact."""
+
 from __future__ import annotations
 
 import asyncio
 import threading
 
+from _helpers import Collect, closed, tcp_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import traced_transport as tt
-from _helpers import Collect, closed, tcp_pair
 
 ops = st.lists(
     st.one_of(
@@ -48,7 +49,8 @@ def test_echo_intact_and_counted(run, script, limit, seed):
         server, s_app, c_tr, c_app = await tcp_pair(
             Echo,
             wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
-            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry))
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
+        )
         if limit is not None:
             high, low = limit
             s_app.transport.set_write_buffer_limits(high=max(high, low), low=min(high, low))

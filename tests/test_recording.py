@@ -1,4 +1,5 @@
 """What the records say: bytes, flow-control transitions, lifecycle and close reasons."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +9,9 @@ import struct
 import weakref
 
 import pytest
+from _helpers import BufferedCollect, Collect, closed, tcp_pair
 
 import traced_transport as tt
-from _helpers import BufferedCollect, Collect, closed, tcp_pair
 
 
 def srv(registry, name="s", **kw):
@@ -24,7 +25,8 @@ def cli(registry, name="c", **kw):
 def test_exact_counts_both_sides(run, registry):
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            lambda: Collect(echo=True), wrap_server=srv(registry), wrap_client=cli(registry))
+            lambda: Collect(echo=True), wrap_server=srv(registry), wrap_client=cli(registry)
+        )
         payload = [b"a" * 10, bytearray(b"b" * 70000), memoryview(b"c" * 3), b""]
         for p in payload:
             c_tr.write(p)
@@ -262,8 +264,11 @@ def test_no_reference_cycle_after_close(run, registry):
 def test_extra_snapshot_on_tls(run, registry, server_ctx, client_ctx):
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            wrap_server=srv(registry, capture_extra=True), wrap_client=cli(registry, capture_extra=True),
-            ssl_server=server_ctx, ssl_client=client_ctx)
+            wrap_server=srv(registry, capture_extra=True),
+            wrap_client=cli(registry, capture_extra=True),
+            ssl_server=server_ctx,
+            ssl_client=client_ctx,
+        )
         s_rec = s_app.transport.traced_record
         c_rec = c_tr.traced_record
         assert s_rec.extra["peername"] == c_tr.get_extra_info("sockname")

@@ -1,4 +1,5 @@
 """Metrics and spans through a real OpenTelemetry SDK (in-memory reader and exporter)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,18 +8,17 @@ import os
 import ssl
 
 import pytest
+from _helpers import Collect, closed, tcp_pair
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-from traced_transport.telemetry.attributes import iana_cipher
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 import traced_transport as tt
-from _helpers import Collect, closed, tcp_pair
+from traced_transport.telemetry.attributes import iana_cipher
 
 
 class Otel:
@@ -33,7 +33,8 @@ class Otel:
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.registry = tt.Registry()
         self.telemetry = tt.Telemetry(
-            self.registry, meter_provider=self.meter_provider, tracer_provider=self.tracer_provider, **telemetry_kw)
+            self.registry, meter_provider=self.meter_provider, tracer_provider=self.tracer_provider, **telemetry_kw
+        )
 
     def server(self, name="s"):
         return lambda f: tt.traced(f, name=name, observer=self.telemetry)
@@ -82,7 +83,8 @@ def test_tcp_metrics_and_spans(run):
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            lambda: Collect(echo=True), wrap_server=otel.server(), wrap_client=otel.client())
+            lambda: Collect(echo=True), wrap_server=otel.server(), wrap_client=otel.client()
+        )
         port = server.sockets[0].getsockname()[1]
         c_tr.write(b"x" * 1000)
         await c_app.wait_bytes(1000)
@@ -109,8 +111,13 @@ def test_tcp_metrics_and_spans(run):
         assert otel.value("transport.connection.active", transport_name="s") == 0
         assert otel.value("transport.reading.pause.duration", transport_name="s") == 1
         (s_attrs,) = [a for a, _, _ in m["transport.connection.opened"] if a["transport.name"] == "s"]
-        assert s_attrs == {"transport.name": "s", "transport.side": "server", "network.transport": "tcp",
-                           "network.type": "ipv4", "server.port": port}
+        assert s_attrs == {
+            "transport.name": "s",
+            "transport.side": "server",
+            "network.transport": "tcp",
+            "network.type": "ipv4",
+            "server.port": port,
+        }
         (c_attrs,) = [a for a, _, _ in m["transport.connection.opened"] if a["transport.name"] == "c"]
         assert "server.port" not in c_attrs and c_attrs["transport.side"] == "client"
         # no peer address or port in any metric attribute
@@ -118,7 +125,22 @@ def test_tcp_metrics_and_spans(run):
             for a, _, _ in points:
                 assert not any(k.startswith("network.peer") or k.startswith("network.local") for k in a)
         (dur,) = [p for a, p, _ in m["transport.connection.duration"] if a["transport.name"] == "s"]
-        assert dur.count == 1 and list(dur.explicit_bounds) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]
+        assert dur.count == 1 and list(dur.explicit_bounds) == [
+            0.01,
+            0.02,
+            0.05,
+            0.1,
+            0.2,
+            0.5,
+            1,
+            2,
+            5,
+            10,
+            30,
+            60,
+            120,
+            300,
+        ]
         spans = {s.attributes["transport.name"]: s for s in otel.spans()}
         s_span, c_span = spans["s"], spans["c"]
         assert s_span.name == "s connection" and s_span.kind == SpanKind.SERVER
@@ -129,7 +151,11 @@ def test_tcp_metrics_and_spans(run):
         assert a["transport.received"] == 1000 and a["transport.sent"] == 1000
         assert a["transport.reading.pauses"] == 1 and a["transport.close_reason"] == "eof"
         assert "error.type" not in a
-        assert [e.name for e in s_span.events] == ["transport.reading.paused", "transport.reading.resumed", "transport.eof"]
+        assert [e.name for e in s_span.events] == [
+            "transport.reading.paused",
+            "transport.reading.resumed",
+            "transport.eof",
+        ]
         assert s_span.status.status_code == StatusCode.UNSET
         assert s_span.end_time - s_span.start_time > 0
 
@@ -150,9 +176,13 @@ def test_tls_with_client_certificates(run, ca):
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            lambda: Collect(echo=True), wrap_server=otel.server(), wrap_client=otel.client(),
-            ssl_server=server_ctx, ssl_client=client_ctx)
-        version = c_tr.get_extra_info("ssl_object").version()[len("TLSv"):]
+            lambda: Collect(echo=True),
+            wrap_server=otel.server(),
+            wrap_client=otel.client(),
+            ssl_server=server_ctx,
+            ssl_client=client_ctx,
+        )
+        version = c_tr.get_extra_info("ssl_object").version()[len("TLSv") :]
         c_tr.write(b"y" * 5000)
         await c_app.wait_bytes(5000)
         c_tr.close()
@@ -179,7 +209,8 @@ def test_certificate_subjects_can_be_turned_off(run, server_ctx, client_ctx):
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            wrap_server=otel.server(), wrap_client=otel.client(), ssl_server=server_ctx, ssl_client=client_ctx)
+            wrap_server=otel.server(), wrap_client=otel.client(), ssl_server=server_ctx, ssl_client=client_ctx
+        )
         c_tr.close()
         await s_app.lost
         await c_app.lost
@@ -226,7 +257,8 @@ def test_unix_udp_pipes_metrics(run, tmp_path):
 
         s_tr, _ = await loop.create_datagram_endpoint(otel.server("udp")(Udp), local_addr=("127.0.0.1", 0))
         u_tr, _ = await loop.create_datagram_endpoint(
-            UdpClient, remote_addr=("127.0.0.1", s_tr.get_extra_info("sockname")[1]))
+            UdpClient, remote_addr=("127.0.0.1", s_tr.get_extra_info("sockname")[1])
+        )
         u_tr.sendto(b"d" * 77)
         assert await got.get() == b"d" * 77
         u_tr.close()
@@ -375,7 +407,8 @@ def test_raising_sdk_does_not_reach_app(run):
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            lambda: Collect(echo=True), wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry))
+            lambda: Collect(echo=True), wrap_server=lambda f: tt.traced(f, name="s", observer=telemetry)
+        )
         s_app.transport.pause_reading()
         s_app.transport.resume_reading()
         c_tr.write(b"ok")
@@ -391,9 +424,7 @@ def test_raising_sdk_does_not_reach_app(run):
 def test_prometheus_names_come_out_once(run):
     pytest.importorskip("opentelemetry.exporter.prometheus")
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import generate_latest
-
-    from prometheus_client import REGISTRY
+    from prometheus_client import REGISTRY, generate_latest
 
     reader = PrometheusMetricReader(disable_target_info=True)  # registers on prometheus_client's REGISTRY
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
@@ -416,13 +447,18 @@ def test_prometheus_names_come_out_once(run):
     finally:
         provider.shutdown()  # unregisters the collector
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
-    for expected in ("transport_received_bytes_total", "transport_sent_bytes_total",
-                     "transport_connection_opened_total", "transport_connection_active",
-                     "transport_connection_duration_seconds_bucket", "transport_reading_pause_duration_seconds_count",
-                     "transport_write_buffer_size_bytes"):
+    for expected in (
+        "transport_received_bytes_total",
+        "transport_sent_bytes_total",
+        "transport_connection_opened_total",
+        "transport_connection_active",
+        "transport_connection_duration_seconds_bucket",
+        "transport_reading_pause_duration_seconds_count",
+        "transport_write_buffer_size_bytes",
+    ):
         assert expected in names, (expected, sorted(names))
     assert not any("bytes_bytes" in n or "total_total" in n or "seconds_seconds" in n for n in names)
-    assert 'transport_received_bytes_total{' in text and 'transport_name="s"' in text
+    assert "transport_received_bytes_total{" in text and 'transport_name="s"' in text
 
 
 def _request_span_in_callback(run, otel, check_while_open) -> dict:
@@ -496,7 +532,8 @@ def test_tls_server_handshakes_measured_and_failures_counted(run, server_ctx, cl
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda loop, ctx: None)  # failed handshakes are reported there too
         server, s_app, c_tr, c_app = await tcp_pair(
-            wrap_server=otel.server(), ssl_server=server_ctx, ssl_client=client_ctx)
+            wrap_server=otel.server(), ssl_server=server_ctx, ssl_client=client_ctx
+        )
         c_tr.close()
         await s_app.lost
         port = server.sockets[0].getsockname()[1]
@@ -507,8 +544,9 @@ def test_tls_server_handshakes_measured_and_failures_counted(run, server_ctx, cl
         w.close()
         # a client that does not trust the server's certificate
         with pytest.raises(ssl.SSLError):
-            await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(),
-                                          server_hostname="localhost")
+            await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ssl.create_default_context(), server_hostname="localhost"
+            )
         await closes_reached(3)
         await closed(server)
         t = otel.registry.totals("s")

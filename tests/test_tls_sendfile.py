@@ -1,4 +1,5 @@
 """start_tls and sendfile on proxies, on both loops."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,9 +7,9 @@ import ssl
 import sys
 
 import pytest
+from _helpers import closed, tcp_pair
 
 import traced_transport as tt
-from _helpers import Collect, closed, tcp_pair
 
 
 def _is_uvloop() -> bool:
@@ -20,7 +21,8 @@ def test_loop_start_tls_on_proxies(run, registry, server_ctx, client_ctx):
         loop = asyncio.get_running_loop()
         server, s_app, c_tr, c_app = await tcp_pair(
             wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
-            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry))
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
+        )
         c_tr.write(b"plain")
         await s_app.wait_bytes(5)
         s_new, c_new = await asyncio.gather(
@@ -88,12 +90,14 @@ def test_start_tls_handshake_failure_closes_record(run, registry, server_ctx):
         loop = asyncio.get_running_loop()
         server, s_app, c_tr, c_app = await tcp_pair(
             wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
-            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry))
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
+        )
         untrusting = ssl.create_default_context()  # does not trust the test CA
         results = await asyncio.gather(
             loop.start_tls(s_app.transport, s_app, server_ctx, server_side=True),
             loop.start_tls(c_tr, c_app, untrusting, server_hostname="localhost"),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         assert isinstance(results[1], (ssl.SSLError, ConnectionError, OSError))
         await closed(server)
         c = registry.totals("c")
@@ -114,7 +118,9 @@ def test_sendfile(run, registry, tmp_path, server_ctx, client_ctx):
             server, s_app, c_tr, c_app = await tcp_pair(
                 wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
                 wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
-                ssl_server=server_ctx if tls else None, ssl_client=client_ctx if tls else None)
+                ssl_server=server_ctx if tls else None,
+                ssl_client=client_ctx if tls else None,
+            )
             with open(path, "rb") as f:
                 if _is_uvloop():
                     # uvloop has no sendfile: the same NotImplementedError as unwrapped

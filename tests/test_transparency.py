@@ -1,4 +1,5 @@
 """The app cannot tell it is wrapped: classes, ABCs, methods, return values."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,20 +8,45 @@ import socket
 import sys
 
 import pytest
-
-import traced_transport as tt
 from _helpers import Collect, closed, tcp_pair
 
+import traced_transport as tt
+
 ABCS = [
-    asyncio.BaseTransport, asyncio.Transport, asyncio.ReadTransport, asyncio.WriteTransport,
-    asyncio.DatagramTransport, asyncio.SubprocessTransport, asyncio.transports._FlowControlMixin,
+    asyncio.BaseTransport,
+    asyncio.Transport,
+    asyncio.ReadTransport,
+    asyncio.WriteTransport,
+    asyncio.DatagramTransport,
+    asyncio.SubprocessTransport,
+    asyncio.transports._FlowControlMixin,
 ]
 METHODS = [
-    "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
-    "get_extra_info", "set_protocol", "get_protocol", "pause_reading", "resume_reading",
-    "is_reading", "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
-    "sendto", "get_pid", "get_returncode", "get_pipe_transport", "send_signal", "terminate", "kill",
-    "_start_tls_compatible", "_sendfile_compatible",
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "abort",
+    "close",
+    "is_closing",
+    "get_extra_info",
+    "set_protocol",
+    "get_protocol",
+    "pause_reading",
+    "resume_reading",
+    "is_reading",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+    "sendto",
+    "get_pid",
+    "get_returncode",
+    "get_pipe_transport",
+    "send_signal",
+    "terminate",
+    "kill",
+    "_start_tls_compatible",
+    "_sendfile_compatible",
 ]
 
 
@@ -61,7 +87,8 @@ def test_tls_server_proxy_over_ssl_transport(run, registry, server_ctx, client_c
         server, s_app, c_tr, c_app = await tcp_pair(
             wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
             wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
-            ssl_server=server_ctx, ssl_client=client_ctx,
+            ssl_server=server_ctx,
+            ssl_client=client_ctx,
         )
         inner = tt.unwrap(s_app.transport)
         assert "SSL" in type(s_app.transport).__name__
@@ -87,7 +114,8 @@ def test_unix(run, registry, tmp_path):
 
         server = await loop.create_unix_server(tt.traced(factory, name="u", registry=registry), path)
         c_tr, c_app = await loop.create_unix_connection(
-            tt.traced(Collect, name="uc", side="client", registry=registry), path)
+            tt.traced(Collect, name="uc", side="client", registry=registry), path
+        )
         assert_looks_like(c_tr, tt.unwrap(c_tr))
         c_tr.write(b"x" * 1000)
         await c_app.wait_bytes(1000)
@@ -122,10 +150,12 @@ def test_datagram(run, registry):
                 self.got.put_nowait(data)
 
         s_tr, s_app = await loop.create_datagram_endpoint(
-            tt.traced(Echo, name="udp", registry=registry), local_addr=("127.0.0.1", 0))
+            tt.traced(Echo, name="udp", registry=registry), local_addr=("127.0.0.1", 0)
+        )
         port = s_tr.get_extra_info("sockname")[1]
         c_tr, c_app = await loop.create_datagram_endpoint(
-            tt.traced(Client, name="udpc", side="client", registry=registry), remote_addr=("127.0.0.1", port))
+            tt.traced(Client, name="udpc", side="client", registry=registry), remote_addr=("127.0.0.1", port)
+        )
         assert isinstance(s_app, Echo) and isinstance(c_app, Client)
         assert_looks_like(s_tr, tt.unwrap(s_tr))
         for size in (1, 100, 1200):
@@ -149,9 +179,11 @@ def test_pipes(run, registry):
         rfd, wfd = os.pipe()
         reader_app = Collect()
         r_tr, r_app = await loop.connect_read_pipe(
-            tt.traced(lambda: reader_app, name="pipe-r", registry=registry), os.fdopen(rfd, "rb", 0))
+            tt.traced(lambda: reader_app, name="pipe-r", registry=registry), os.fdopen(rfd, "rb", 0)
+        )
         w_tr, w_app = await loop.connect_write_pipe(
-            tt.traced(Collect, name="pipe-w", side="client", registry=registry), os.fdopen(wfd, "wb", 0))
+            tt.traced(Collect, name="pipe-w", side="client", registry=registry), os.fdopen(wfd, "wb", 0)
+        )
         assert r_app is reader_app
         assert_looks_like(r_tr, tt.unwrap(r_tr))
         assert_looks_like(w_tr, tt.unwrap(w_tr))
@@ -190,8 +222,12 @@ def test_subprocess(run, registry):
 
         tr, app = await loop.subprocess_exec(
             tt.traced(Sub, name="sub", side="client", registry=registry),
-            sys.executable, "-c", "import sys; d=sys.stdin.buffer.read(); sys.stdout.buffer.write(d*2)",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            "import sys; d=sys.stdin.buffer.read(); sys.stdout.buffer.write(d*2)",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         inner = tt.unwrap(tr)
         assert_looks_like(tr, inner)
         assert tr.get_pid() == inner.get_pid()
@@ -222,7 +258,11 @@ def test_asyncio_subprocess_api_with_traced_factory(run, registry):
 
         tr, proto = await loop.subprocess_exec(
             tt.traced(factory, name="proc", side="client", registry=registry),
-            sys.executable, "-c", "print('hi')", stdout=sp.PIPE)
+            sys.executable,
+            "-c",
+            "print('hi')",
+            stdout=sp.PIPE,
+        )
         proc = sp.Process(tr, proto, loop)
         out, _ = await proc.communicate()
         assert out.strip() == b"hi"
@@ -271,9 +311,13 @@ def test_subprocess_signals_forward(run, registry):
         for action in ("terminate", "kill", "send_signal"):
             tr, app = await loop.subprocess_exec(
                 tt.traced(Sub, name="sig", side="client", registry=registry),
-                sys.executable, "-c", "import time; time.sleep(60)")
+                sys.executable,
+                "-c",
+                "import time; time.sleep(60)",
+            )
             if action == "send_signal":
                 import signal
+
                 tr.send_signal(signal.SIGTERM)
             else:
                 getattr(tr, action)()
@@ -343,7 +387,8 @@ def test_method_replaced_through_proxy_reads_back(run, registry, loop_kind):
 
     async def main():
         server, s_app, c_tr, c_app = await tcp_pair(
-            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry))
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry)
+        )
         cls = type(c_tr)
         m = mock.Mock()
         try:

@@ -5,6 +5,7 @@ connection it serves gets a proxy transport and a wrapping protocol that count
 bytes, flow-control transitions and lifecycle into a plain per-connection
 record, kept in a thread-safe registry.
 """
+
 from .datapath.classify import ConnKey
 from .datapath.proxy import TracedTransport, is_proxy, unwrap
 from .datapath.record import ConnectionRecord, Group, Observer

@@ -1,4 +1,5 @@
 """Telemetry must never hurt the app: failures are logged, rate-limited, and swallowed."""
+
 from __future__ import annotations
 
 import logging

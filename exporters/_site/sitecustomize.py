@@ -4,6 +4,7 @@ It instruments the process (every transport traced, counts written for the
 parent's scrape endpoint), then hands over to any other ``sitecustomize`` that
 was on the path, so the app's own start-up hook still runs.
 """
+
 import importlib
 import os
 import sys
@@ -17,7 +18,7 @@ def _start() -> None:
         from traced_transport.exporters import run
 
         run.start_in_child(directory)
-    except Exception:  # noqa: BLE001 - never stop the app from starting
+    except Exception:
         import logging
 
         logging.getLogger("traced_transport").warning("traced-transport run: instrumentation failed", exc_info=True)

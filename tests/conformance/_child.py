@@ -10,6 +10,7 @@ Results are written as JSON lines, flushed after every test, so that what ran
 before a hang or a crash survives it: a ``start`` line when a test starts, a
 ``result`` line when it ends, a ``done`` line with the module's totals.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import unittest
 import warnings
 
@@ -36,13 +36,16 @@ def probe() -> None:
         tt = os.path.dirname(traced_transport.__file__)
     except Exception as exc:  # noqa: BLE001
         tt = f"IMPORT ERROR: {exc!r}"
-    json.dump({
-        "version": "%d.%d" % sys.version_info[:2],
-        "full_version": sys.version.split()[0],
-        "executable": sys.executable,
-        "modules": sorted(n[:-3] for n in os.listdir(here) if n.startswith("test_") and n.endswith(".py")),
-        "traced_transport": tt,
-    }, sys.stdout)
+    json.dump(
+        {
+            "version": "%d.%d" % sys.version_info[:2],
+            "full_version": sys.version.split()[0],
+            "executable": sys.executable,
+            "modules": sorted(n[:-3] for n in os.listdir(here) if n.startswith("test_") and n.endswith(".py")),
+            "traced_transport": tt,
+        },
+        sys.stdout,
+    )
 
 
 def _iter_tests(suite):
@@ -80,8 +83,14 @@ class Collector(unittest.TestResult):
 
     def startTest(self, test) -> None:
         super().startTest(test)
-        self._current = {"test": test.id(), "outcome": "passed", "detail": None,
-                         "t0": time.monotonic(), "c0": self._conns(), "k0": self._closed()}
+        self._current = {
+            "test": test.id(),
+            "outcome": "passed",
+            "detail": None,
+            "t0": time.monotonic(),
+            "c0": self._conns(),
+            "k0": self._closed(),
+        }
         self._emit(event="start", test=test.id())
 
     def stopTest(self, test) -> None:
@@ -89,14 +98,26 @@ class Collector(unittest.TestResult):
         cur, self._current = self._current, None
         if cur is None:
             return
-        self._emit(event="result", test=cur["test"], outcome=cur["outcome"], detail=cur["detail"],
-                   time=round(time.monotonic() - cur["t0"], 3), conns=self._conns() - cur["c0"],
-                   closed=self._closed() - cur["k0"])
+        self._emit(
+            event="result",
+            test=cur["test"],
+            outcome=cur["outcome"],
+            detail=cur["detail"],
+            time=round(time.monotonic() - cur["t0"], 3),
+            conns=self._conns() - cur["c0"],
+            closed=self._closed() - cur["k0"],
+        )
 
     def _fixture_error(self, test, err, outcome: str) -> None:
         # setUpClass / setUpModule / tearDown* failures arrive without startTest.
-        self._emit(event="result", test=test.id(), outcome=outcome,
-                   detail=self._exc_info_to_string(err, test)[-6000:], time=0.0, conns=0)
+        self._emit(
+            event="result",
+            test=test.id(),
+            outcome=outcome,
+            detail=self._exc_info_to_string(err, test)[-6000:],
+            time=0.0,
+            conns=0,
+        )
 
     def addSuccess(self, test) -> None:
         super().addSuccess(test)
@@ -133,8 +154,7 @@ class Collector(unittest.TestResult):
         super().addSubTest(test, subtest, err)
         if err is not None:
             failure = issubclass(err[0], test.failureException)
-            self._set("failed" if failure else "error",
-                      f"{subtest.id()}\n" + self._exc_info_to_string(err, test))
+            self._set("failed" if failure else "error", f"{subtest.id()}\n" + self._exc_info_to_string(err, test))
 
 
 def _read_ids(path):
@@ -152,8 +172,9 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--only", help="file of test ids to run (all if omitted)")
     ap.add_argument("--exclude", help="file of test ids not to run")
-    ap.add_argument("--hang-dump", type=float, default=0.0,
-                    help="dump every thread's stack to stderr after this many seconds")
+    ap.add_argument(
+        "--hang-dump", type=float, default=0.0, help="dump every thread's stack to stderr after this many seconds"
+    )
     args = ap.parse_args()
     if args.probe:
         probe()
@@ -164,7 +185,7 @@ def main() -> int:
     if args.hang_dump > 0:
         faulthandler.dump_traceback_later(args.hang_dump, exit=False)
 
-    conns = closed = lambda: 0  # noqa: E731
+    conns = closed = lambda: 0
     wrap_all = None
     if args.mode == "wrapped":
         sys.path.insert(0, HERE)
@@ -184,8 +205,9 @@ def main() -> int:
         return 3
     suite = unittest.defaultTestLoader.loadTestsFromName(name)
     only, exclude = _read_ids(args.only), _read_ids(args.exclude)
-    tests = [t for t in _iter_tests(suite)
-             if (only is None or t.id() in only) and (exclude is None or t.id() not in exclude)]
+    tests = [
+        t for t in _iter_tests(suite) if (only is None or t.id() in only) and (exclude is None or t.id() not in exclude)
+    ]
 
     t0 = time.monotonic()
     with open(args.out, "a") as out:

@@ -8,6 +8,7 @@ every subclass. Then ``traced_transport.loops.hooks.ensure()`` runs for the same
 classes, so its own hooks (pair mapping, start_tls, sendfile) sit on top of
 ours, as they would on a real loop class.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,8 @@ import functools
 from asyncio import base_events, events
 
 import traced_transport
-from traced_transport.loops import patches as _hooks
 from traced_transport import TracedProtocolFactory
+from traced_transport.loops import patches as _hooks
 
 NAME = "conformance"
 
@@ -127,8 +128,11 @@ def otel_summary() -> dict:
         out["spans"] = len(span_exporter.get_finished_spans())
     if metric_reader is not None:
         data = metric_reader.get_metrics_data()  # runs the observable callbacks
-        out["metrics"] = sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics
-                                 for m in sm.metrics}) if data else []
+        out["metrics"] = (
+            sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics})
+            if data
+            else []
+        )
     return out
 
 

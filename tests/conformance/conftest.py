@@ -1,5 +1,6 @@
 """The conformance run is slow (about a minute per Python): it runs only when
 selected, with ``pytest -m conformance`` (or CONFORMANCE=1)."""
+
 from __future__ import annotations
 
 import os

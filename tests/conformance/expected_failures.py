@@ -7,6 +7,7 @@
 an entry must be a test that inspects the real transport's private class or
 identity, not a behaviour an app could rely on.
 """
+
 from __future__ import annotations
 
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {

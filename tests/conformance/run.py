@@ -18,6 +18,7 @@ when a test passes plain but not wrapped and is not listed in
 ``expected_failures.py``, or when a module that makes connections had none of
 them traced in wrapped mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,18 +41,39 @@ sys.path.insert(0, HERE)
 import expected_failures  # noqa: E402
 
 MODULES = (
-    "test_streams", "test_ssl", "test_sslproto", "test_sendfile", "test_server",
-    "test_buffered_proto", "test_events", "test_subprocess", "test_unix_events",
+    "test_streams",
+    "test_ssl",
+    "test_sslproto",
+    "test_sendfile",
+    "test_server",
+    "test_buffered_proto",
+    "test_events",
+    "test_subprocess",
+    "test_unix_events",
     "test_sock_lowlevel",
 )
 # Every default module opens connections through the hooked loop methods: a
 # wrapped run of one of them with no traced connection means the hooks missed.
 MAKES_CONNECTIONS = frozenset(MODULES)
 # Rough plain-mode seconds (3.11, 2 cores); longest first keeps the pool busy.
-WEIGHT = {"test_subprocess": 12, "test_ssl": 9, "test_events": 6, "test_sslproto": 4.5,
-          "test_sock_lowlevel": 2, "test_sendfile": 1.1, "test_streams": 0.8}
+WEIGHT = {
+    "test_subprocess": 12,
+    "test_ssl": 9,
+    "test_events": 6,
+    "test_sslproto": 4.5,
+    "test_sock_lowlevel": 2,
+    "test_sendfile": 1.1,
+    "test_streams": 0.8,
+}
 PASSED, SKIPPED, FAILED, ERROR, TIMEOUT, CRASHED, MISSING = (
-    "passed", "skipped", "failed", "error", "timeout", "crashed", "missing")
+    "passed",
+    "skipped",
+    "failed",
+    "error",
+    "timeout",
+    "crashed",
+    "missing",
+)
 MAX_RESTARTS = 4
 
 
@@ -68,8 +90,7 @@ def _write_ids(path: str, ids) -> str:
     return path
 
 
-def run_child(python: str, module: str, mode: str, logbase: str, timeout: float, env: dict,
-              only=None) -> dict:
+def run_child(python: str, module: str, mode: str, logbase: str, timeout: float, env: dict, only=None) -> dict:
     """Run ``module`` in ``mode``; restart after a hang or a crash. Returns results by test id."""
     results: dict[str, dict] = {}
     done = None
@@ -81,8 +102,20 @@ def run_child(python: str, module: str, mode: str, logbase: str, timeout: float,
     started = time.monotonic()
     absent = False
     for attempt in range(MAX_RESTARTS + 1):
-        cmd = [python, "-X", "faulthandler", CHILD, "--module", module, "--mode", mode, "--out", jsonl,
-               "--hang-dump", str(max(timeout - 5, 1))]
+        cmd = [
+            python,
+            "-X",
+            "faulthandler",
+            CHILD,
+            "--module",
+            module,
+            "--mode",
+            mode,
+            "--out",
+            jsonl,
+            "--hang-dump",
+            str(max(timeout - 5, 1)),
+        ]
         if only is not None:
             cmd += ["--only", _write_ids(logbase + ".only", only)]
         if results:
@@ -90,8 +123,9 @@ def run_child(python: str, module: str, mode: str, logbase: str, timeout: float,
         with open(log, "a") as logf:
             logf.write(f"\n=== attempt {attempt}: {' '.join(cmd)}\n")
             logf.flush()
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                    cwd=tempfile.gettempdir(), start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir(), start_new_session=True
+            )
             try:
                 rc = proc.wait(timeout=timeout)
                 timed_out = False
@@ -128,13 +162,24 @@ def run_child(python: str, module: str, mode: str, logbase: str, timeout: float,
         if current is None:
             incidents.append(f"{what} (rc={rc}) outside any test")
             break
-        results[current] = {"test": current, "outcome": what, "time": None, "conns": 0,
-                            "detail": f"child {what} (rc={rc}); see {log}"}
+        results[current] = {
+            "test": current,
+            "outcome": what,
+            "time": None,
+            "conns": 0,
+            "detail": f"child {what} (rc={rc}); see {log}",
+        }
         incidents.append(f"{what} in {current}")
         with open(jsonl, "a") as f:  # so that the next attempt's reader sees it too
             f.write(json.dumps(dict(results[current], event="result")) + "\n")
-    return {"results": results, "done": done, "incidents": incidents, "absent": absent,
-            "time": round(time.monotonic() - started, 2), "log": log}
+    return {
+        "results": results,
+        "done": done,
+        "incidents": incidents,
+        "absent": absent,
+        "time": round(time.monotonic() - started, 2),
+        "log": log,
+    }
 
 
 def counts(results: dict) -> dict:
@@ -155,22 +200,33 @@ def first_line(detail) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", action="append", help="interpreter(s) to test (default: this one)")
-    ap.add_argument("--all-pythons", action="store_true",
-                    help="test every .venv-3.X of ALL_VERSIONS in the repo root (see setup_venvs.sh)")
+    ap.add_argument(
+        "--all-pythons",
+        action="store_true",
+        help="test every .venv-3.X of ALL_VERSIONS in the repo root (see setup_venvs.sh)",
+    )
     ap.add_argument("--modules", nargs="+", default=list(MODULES))
     ap.add_argument("--mode", choices=("both", "plain", "wrapped"), default="both")
     ap.add_argument("--json", help="write the full report here")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds per child attempt")
     ap.add_argument("--logdir", help="child logs and raw results (default: a new temp dir)")
-    ap.add_argument("--no-rerun", action="store_true",
-                    help="do not rerun wrapped-only failures to tell flakes from regressions")
-    ap.add_argument("--wrapper", choices=("traced", "instrument"), default="traced",
-                    help="wrapped mode: this harness's hooks calling traced() on every factory (default), "
-                         "or the library's own instrument(pipes=True)")
-    ap.add_argument("--otel-sdk", action="store_true",
-                    help="wrapped mode: install OpenTelemetry SDK providers (recording spans, in-memory "
-                         "metrics) when the SDK is importable, so the telemetry code runs in full")
+    ap.add_argument(
+        "--no-rerun", action="store_true", help="do not rerun wrapped-only failures to tell flakes from regressions"
+    )
+    ap.add_argument(
+        "--wrapper",
+        choices=("traced", "instrument"),
+        default="traced",
+        help="wrapped mode: this harness's hooks calling traced() on every factory (default), "
+        "or the library's own instrument(pipes=True)",
+    )
+    ap.add_argument(
+        "--otel-sdk",
+        action="store_true",
+        help="wrapped mode: install OpenTelemetry SDK providers (recording spans, in-memory "
+        "metrics) when the SDK is importable, so the telemetry code runs in full",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="print each regression's traceback tail")
     args = ap.parse_args(argv)
 
@@ -207,8 +263,15 @@ def main(argv=None) -> int:
     runs: dict[tuple, dict] = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futs = {
-            pool.submit(run_child, infos[i]["python"], module, mode,
-                        os.path.join(logdir, infos[i]["version"], f"{module}.{mode}"), args.timeout, env): (i, module, mode)
+            pool.submit(
+                run_child,
+                infos[i]["python"],
+                module,
+                mode,
+                os.path.join(logdir, infos[i]["version"], f"{module}.{mode}"),
+                args.timeout,
+                env,
+            ): (i, module, mode)
             for i, module, mode in jobs
         }
         for fut in concurrent.futures.as_completed(futs):
@@ -220,8 +283,12 @@ def main(argv=None) -> int:
         version = info["version"]
         xfail = expected_failures.for_version(version, args.wrapper)
         used_xfail = set()
-        pyrep = {"version": info["full_version"], "python": info["python"],
-                 "traced_transport": info["traced_transport"], "modules": {}}
+        pyrep = {
+            "version": info["full_version"],
+            "python": info["python"],
+            "traced_transport": info["traced_transport"],
+            "modules": {},
+        }
         report["pythons"].append(pyrep)
         print(f"\n== Python {info['full_version']} ({info['python']})  traced_transport: {info['traced_transport']}")
         hdr = f"{'module':<20} {'mode':<8} {'pass':>5} {'fail':>5} {'err':>5} {'skip':>5} {'time':>7}  {'traced conns':>12}"
@@ -237,17 +304,21 @@ def main(argv=None) -> int:
                     continue
                 c = counts(run["results"])
                 d = run["done"] or {}
-                modrep[mode] = dict(c, time=run["time"], incidents=run["incidents"], log=run["log"],
-                                    passed_tests=sorted(t for t, r in run["results"].items()
-                                                        if r["outcome"] == PASSED))
+                modrep[mode] = dict(
+                    c,
+                    time=run["time"],
+                    incidents=run["incidents"],
+                    log=run["log"],
+                    passed_tests=sorted(t for t, r in run["results"].items() if r["outcome"] == PASSED),
+                )
                 conns = ""
                 if mode == "wrapped":
-                    modrep[mode].update({k: d.get(k) for k in ("conns_opened", "conns_closed", "hook_calls",
-                                                               "wrapped_factories")})
+                    modrep[mode].update(
+                        {k: d.get(k) for k in ("conns_opened", "conns_closed", "hook_calls", "wrapped_factories")}
+                    )
                     # A restarted child starts a new registry: the last attempt's total can
                     # miss what earlier attempts traced, which the per-test counts still hold.
-                    opened = max(sum(r.get("conns") or 0 for r in run["results"].values()),
-                                 d.get("conns_opened") or 0)
+                    opened = max(sum(r.get("conns") or 0 for r in run["results"].values()), d.get("conns_opened") or 0)
                     modrep[mode]["conns_opened"] = opened
                     modrep[mode].update({k: d[k] for k in ("otel", "spans", "metrics", "otel_error") if k in d})
                     conns = f"{opened:>5} ({d.get('hook_calls', '?') if d.get('wrapper') != 'instrument' else 'instrument'} calls)"
@@ -257,8 +328,10 @@ def main(argv=None) -> int:
                         conns += f" OTEL ERROR {d['otel_error']}"
                     if not opened and (module in MAKES_CONNECTIONS or d.get("hook_calls")):
                         problems.append(f"{module}: no traced connection in wrapped mode")
-                print(f"{module:<20} {mode:<8} {c[PASSED]:>5} {c[FAILED]:>5} {c[ERROR]:>5} {c[SKIPPED]:>5}"
-                      f" {run['time']:>6.1f}s  {conns}")
+                print(
+                    f"{module:<20} {mode:<8} {c[PASSED]:>5} {c[FAILED]:>5} {c[ERROR]:>5} {c[SKIPPED]:>5}"
+                    f" {run['time']:>6.1f}s  {conns}"
+                )
                 for inc in run["incidents"]:
                     print(f"{'':<20} {mode:<8} !! {inc}")
             if modrep.get("absent"):
@@ -268,15 +341,27 @@ def main(argv=None) -> int:
                 continue
             plain = runs[(i, module, "plain")]["results"]
             wrapped = runs[(i, module, "wrapped")]["results"]
-            regress = sorted(t for t, r in plain.items()
-                             if r["outcome"] == PASSED and wrapped.get(t, {}).get("outcome", MISSING) != PASSED)
-            improved = sorted(t for t, r in wrapped.items()
-                              if r["outcome"] == PASSED and plain.get(t, {}).get("outcome", MISSING) != PASSED)
+            regress = sorted(
+                t
+                for t, r in plain.items()
+                if r["outcome"] == PASSED and wrapped.get(t, {}).get("outcome", MISSING) != PASSED
+            )
+            improved = sorted(
+                t
+                for t, r in wrapped.items()
+                if r["outcome"] == PASSED and plain.get(t, {}).get("outcome", MISSING) != PASSED
+            )
             rerun = {}
             if regress and not args.no_rerun:
-                rerun = run_child(info["python"], module, "wrapped",
-                                  os.path.join(logdir, version, f"{module}.wrapped-rerun"), args.timeout, env,
-                                  only=regress)["results"]
+                rerun = run_child(
+                    info["python"],
+                    module,
+                    "wrapped",
+                    os.path.join(logdir, version, f"{module}.wrapped-rerun"),
+                    args.timeout,
+                    env,
+                    only=regress,
+                )["results"]
             entries = modrep["differences"] = []
             for t in regress:
                 w = wrapped.get(t, {"outcome": MISSING, "detail": None})
@@ -289,13 +374,28 @@ def main(argv=None) -> int:
                 else:
                     status, why = "REGRESSION", first_line(w.get("detail"))
                     problems.append(f"{t}: {w['outcome']} wrapped, passed plain")
-                entries.append({"test": t, "plain": PASSED, "wrapped": w["outcome"], "rerun": again, "status": status,
-                                "why": why, "detail": w.get("detail")})
+                entries.append(
+                    {
+                        "test": t,
+                        "plain": PASSED,
+                        "wrapped": w["outcome"],
+                        "rerun": again,
+                        "status": status,
+                        "why": why,
+                        "detail": w.get("detail"),
+                    }
+                )
             plain_rerun = {}
             if improved and not args.no_rerun:
-                plain_rerun = run_child(info["python"], module, "plain",
-                                        os.path.join(logdir, version, f"{module}.plain-rerun"), args.timeout, env,
-                                        only=improved)["results"]
+                plain_rerun = run_child(
+                    info["python"],
+                    module,
+                    "plain",
+                    os.path.join(logdir, version, f"{module}.plain-rerun"),
+                    args.timeout,
+                    env,
+                    only=improved,
+                )["results"]
             for t in improved:
                 p = plain.get(t, {"outcome": MISSING})
                 again = plain_rerun.get(t, {}).get("outcome")
@@ -305,15 +405,23 @@ def main(argv=None) -> int:
                     # Wrapping changed an outcome the other way: as suspicious as a regression.
                     status, why = "WRAPPED-ONLY PASS", first_line(p.get("detail"))
                     problems.append(f"{t}: passed wrapped, {p['outcome']} plain")
-                entries.append({"test": t, "plain": p["outcome"], "wrapped": PASSED, "rerun": again,
-                                "status": status, "why": why, "detail": p.get("detail")})
+                entries.append(
+                    {
+                        "test": t,
+                        "plain": p["outcome"],
+                        "wrapped": PASSED,
+                        "rerun": again,
+                        "status": status,
+                        "why": why,
+                        "detail": p.get("detail"),
+                    }
+                )
             for e in entries:
                 print(f"   {e['status']:<10} {e['test']} [{e['wrapped']}]: {e['why']}")
                 if args.verbose and e["status"] not in ("expected", "flaky") and e["detail"]:
                     print("      | " + "\n      | ".join(e["detail"].strip().splitlines()[-25:]))
         ran_modules = {m for m in args.modules if not pyrep["modules"][m].get("absent")}
-        stale = sorted(t for t in xfail if t not in used_xfail and t.split(".")[2] in ran_modules
-                       and len(modes) == 2)
+        stale = sorted(t for t in xfail if t not in used_xfail and t.split(".")[2] in ran_modules and len(modes) == 2)
         for t in stale:
             print(f"   stale expected failure (passed wrapped, or did not pass plain): {t}")
         pyrep["stale_expected_failures"] = stale
@@ -329,8 +437,11 @@ def main(argv=None) -> int:
     report["wall_s"] = round(time.monotonic() - wall0, 1)
     print(f"\nwall time {report['wall_s']}s; logs in {logdir}")
     # The closing line CI reads: wrapped-mode passes, and regressions against plain.
-    n_passed = sum(len(rep.get("wrapped", {}).get("passed_tests", ()))
-                   for py in report.get("pythons", []) for rep in py.get("modules", {}).values())
+    n_passed = sum(
+        len(rep.get("wrapped", {}).get("passed_tests", ()))
+        for py in report.get("pythons", [])
+        for rep in py.get("modules", {}).values()
+    )
     n_failed = sum(len(py.get("problems", ())) for py in report.get("pythons", []))
     print(f"conformance: {n_passed} passed, {n_failed} failed")
     if args.json:

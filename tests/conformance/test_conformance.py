@@ -1,6 +1,7 @@
 """CPython's own test_asyncio over real transports: with every protocol factory
 wrapped by traced(), the same tests must pass as without (modulo
 expected_failures.py), on the interpreter running pytest."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,19 @@ pytestmark = pytest.mark.conformance
 def test_wrapped_passes_what_plain_passes(tmp_path):
     report_path = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "run.py"), "--python", sys.executable,
-         "--json", str(report_path), "--logdir", str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            os.path.join(HERE, "run.py"),
+            "--python",
+            sys.executable,
+            "--json",
+            str(report_path),
+            "--logdir",
+            str(tmp_path / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(report_path.read_text())

@@ -5,15 +5,16 @@ it starts exporting to ``$TT_MW_DIR`` and traces every server transport as
 ``transport.name="http"``; with ``TT_MW_MODE=sitecustomize`` the
 ``_mw_site/sitecustomize.py`` of every process has done that already. It answers ``{pid} {body length}``.
 """
+
 import os
 
-import traced_transport
 from _plain_app import make_app
 from traced_transport.exporters import multiworker
 
+import traced_transport
+
 if os.environ.get("TT_MW_MODE") != "sitecustomize":  # else tests/exporters/_mw_site/sitecustomize.py did it
-    worker = multiworker.start_worker(os.environ["TT_MW_DIR"],
-                                      interval=float(os.environ.get("TT_MW_INTERVAL", "0.2")))
+    worker = multiworker.start_worker(os.environ["TT_MW_DIR"], interval=float(os.environ.get("TT_MW_INTERVAL", "0.2")))
     traced_transport.instrument(observer=worker.telemetry, server_name="http")
 
 

@@ -4,15 +4,17 @@ Everything that arrives is decoded and kept; ``wait_for(predicate)`` blocks on a
 condition variable until the predicate holds (re-checked at every arrival), so
 tests never sleep to synchronise.
 """
+
 from __future__ import annotations
 
 import gzip
 import http.server
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,8 +26,11 @@ GRPC = "grpc"
 
 _MESSAGES = {
     "/v1/traces": ("traces", trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse),
-    "/v1/metrics": ("metrics", metrics_service_pb2.ExportMetricsServiceRequest,
-                    metrics_service_pb2.ExportMetricsServiceResponse),
+    "/v1/metrics": (
+        "metrics",
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
 }
 
 
@@ -104,7 +109,7 @@ class OTLPReceiver:
         self.http_port = self.grpc_port = 0
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> "OTLPReceiver":
+    def start(self) -> OTLPReceiver:
         receiver = self
 
         class Handler(_Handler):
@@ -138,7 +143,7 @@ class OTLPReceiver:
             self._http_thread.join()
             self._http = None
 
-    def __enter__(self) -> "OTLPReceiver":
+    def __enter__(self) -> OTLPReceiver:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -171,14 +176,15 @@ class OTLPReceiver:
             self.requests.clear()
             self.rejected.clear()
 
-    def wait_for(self, predicate: Callable[["OTLPReceiver"], Any], timeout: float = 10.0, what: str = "") -> Any:
+    def wait_for(self, predicate: Callable[[OTLPReceiver], Any], timeout: float = 10.0, what: str = "") -> Any:
         """Block until ``predicate(self)`` is truthy (checked now and at every arrival); return its value."""
         with self._cond:
             result = self._cond.wait_for(lambda: predicate(self), timeout)
             if not result:
                 raise AssertionError(
                     f"timed out after {timeout}s waiting for {what or predicate}; received "
-                    f"{[(r.signal, r.protocol) for r in self.requests]}, rejected {self.rejected}")
+                    f"{[(r.signal, r.protocol) for r in self.requests]}, rejected {self.rejected}"
+                )
             return result
 
     def spans(self, service: Optional[str] = None) -> list[Span]:
@@ -219,7 +225,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the exporters' sessions expect
     receiver: OTLPReceiver
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _read_body(self) -> bytes:
@@ -242,7 +248,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self._read_body()
         entry = _MESSAGES.get(self.path)
         if entry is None:
@@ -275,7 +281,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OTLPReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: Any) -> Any:
         self.receiver.add(Request("traces", GRPC, dict(context.invocation_metadata()), request))
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -284,6 +290,6 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, receiver: OTLPReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: Any) -> Any:
         self.receiver.add(Request("metrics", GRPC, dict(context.invocation_metadata()), request))
         return metrics_service_pb2.ExportMetricsServiceResponse()

@@ -1,4 +1,5 @@
 """Helpers shared by the exporters' process-level tests."""
+
 from __future__ import annotations
 
 import socket
@@ -37,5 +38,4 @@ def samples(text: str) -> dict:
 
 
 def total(parsed: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in parsed.items()
-               if n == name and all((k, want) in ls for k, want in labels.items()))
+    return sum(v for (n, ls), v in parsed.items() if n == name and all((k, want) in ls for k, want in labels.items()))

@@ -1,5 +1,6 @@
 """Fixtures for the exporter tests: promtool's verdict and TLS material on disk (promtool_bin and
 prometheus_bin come from tests/conftest.py)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,7 @@ def promtool_check(promtool_bin):
     """promtool_check(text) -> promtool's complaints (stdout+stderr), "" when clean."""
 
     def check(text: str) -> str:
-        proc = subprocess.run([promtool_bin, "check", "metrics"], input=text.encode(), capture_output=True,
-                              timeout=30)
+        proc = subprocess.run([promtool_bin, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
         out = (proc.stdout + proc.stderr).decode().strip()
         if proc.returncode != 0 and not out:
             out = f"promtool exited with {proc.returncode}"
@@ -25,11 +25,11 @@ def promtool_check(promtool_bin):
 
 @dataclass
 class Certs:
-    ca: str            # CA bundle trusted by clients (server certificate's issuer) and by the server
-    server_cert: str   # server certificate chain + key (PEM), for 127.0.0.1 / localhost / ::1
+    ca: str  # CA bundle trusted by clients (server certificate's issuer) and by the server
+    server_cert: str  # server certificate chain + key (PEM), for 127.0.0.1 / localhost / ::1
     server_key: str
-    client: str        # client certificate + key, issued by the same CA
-    stranger: str      # client certificate + key from another CA
+    client: str  # client certificate + key, issued by the same CA
+    stranger: str  # client certificate + key from another CA
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +51,10 @@ def scrape_certs(tmp_path_factory) -> Certs:
         p = d / f"{name}.pem"
         issued.private_key_and_cert_chain_pem.write_to_path(str(p))
         paths[name] = str(p)
-    return Certs(ca=str(d / "ca.pem"), server_cert=str(d / "server.pem"), server_key=str(d / "server.key"),
-                 client=paths["client"], stranger=paths["stranger"])
+    return Certs(
+        ca=str(d / "ca.pem"),
+        server_cert=str(d / "server.pem"),
+        server_key=str(d / "server.key"),
+        client=paths["client"],
+        stranger=paths["stranger"],
+    )

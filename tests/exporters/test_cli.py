@@ -1,4 +1,5 @@
 """The CLI and zero-code paths, as a user runs them: real processes, real HTTP clients."""
+
 from __future__ import annotations
 
 import os
@@ -7,11 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
-
 from _util import free_port, samples, total, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,7 +57,9 @@ def http_load(port: int, requests: int) -> tuple[int, int]:
     sent = received = 0
     for i in range(requests):
         body = b"b" * (i * 100)
-        req = (f"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        req = (
+            f"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(req)
             sent += len(req)
@@ -84,12 +85,18 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20) -> No
 
 
 def test_help_explains_every_option():
-    out = subprocess.run([os.path.join(BIN, "traced-transport"), "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [os.path.join(BIN, "traced-transport"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "demo" in out and "run" in out
-    demo = subprocess.run([os.path.join(BIN, "traced-transport"), "demo", "--help"], capture_output=True, text=True, check=True).stdout
+    demo = subprocess.run(
+        [os.path.join(BIN, "traced-transport"), "demo", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in ("--host", "--metrics-port", "--concurrency", "--duration", "--loop"):
         assert option in demo
-    run = subprocess.run([os.path.join(BIN, "traced-transport"), "run", "--help"], capture_output=True, text=True, check=True).stdout
+    run = subprocess.run(
+        [os.path.join(BIN, "traced-transport"), "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in ("--metrics-port", "--metrics-host", "--server-name", "--basic-auth"):
         assert option in run
 
@@ -99,9 +106,29 @@ def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
     log = _log(tmp_path / "run.log")
     env = dict(os.environ, PYTHONPATH=HERE)
     proc = subprocess.Popen(
-        [os.path.join(BIN, "traced-transport"), "run", "--metrics-port", "0", "--interval", "0.2", "--",
-         sys.executable, "-m", "uvicorn", "_plain_app:app", "--port", str(port), "--workers", "2", "--no-access-log"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        [
+            os.path.join(BIN, "traced-transport"),
+            "run",
+            "--metrics-port",
+            "0",
+            "--interval",
+            "0.2",
+            "--",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_plain_app:app",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--no-access-log",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=HERE,
+    )
     try:
         url = wait_for(lambda: _url_in(log, r"metrics at (http://\S+)"), 20, "the metrics URL")
         wait_listening(port, proc)
@@ -109,9 +136,11 @@ def test_run_instruments_an_unmodified_uvicorn_app_with_workers(tmp_path):
 
         def exact():
             parsed = scrape(url)
-            got = (total(parsed, "transport_received_bytes_total", transport_name="server"),
-                   total(parsed, "transport_sent_bytes_total", transport_name="server"),
-                   total(parsed, "transport_connection_opened_total", transport_name="server"))
+            got = (
+                total(parsed, "transport_received_bytes_total", transport_name="server"),
+                total(parsed, "transport_sent_bytes_total", transport_name="server"),
+                total(parsed, "transport_connection_opened_total", transport_name="server"),
+            )
             # 30 requests, plus the one connection that found the port open
             return got == (sent, received, 31), got
 
@@ -126,15 +155,34 @@ def test_opentelemetry_instrument_picks_up_the_instrumentor(tmp_path):
 
     port = free_port()
     with OTLPReceiver() as receiver:
-        env = dict(os.environ, PYTHONPATH=HERE, OTEL_SERVICE_NAME="otel-instrument-test",
-                   OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                   OTEL_METRIC_EXPORT_INTERVAL="200", OTEL_BSP_SCHEDULE_DELAY="100",
-                   OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asgi,asyncio,threading,urllib,logging",
-                   OTEL_LOGS_EXPORTER="none")
+        env = dict(
+            os.environ,
+            PYTHONPATH=HERE,
+            OTEL_SERVICE_NAME="otel-instrument-test",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_METRIC_EXPORT_INTERVAL="200",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asgi,asyncio,threading,urllib,logging",
+            OTEL_LOGS_EXPORTER="none",
+        )
         log = _log(tmp_path / "oi.log")
         proc = subprocess.Popen(
-            [os.path.join(BIN, "opentelemetry-instrument"), sys.executable, "-m", "uvicorn", "_plain_app:app",
-             "--port", str(port), "--no-access-log"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+            [
+                os.path.join(BIN, "opentelemetry-instrument"),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "_plain_app:app",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=HERE,
+        )
         try:
             wait_listening(port, proc)
             sent, received = http_load(port, 5)
@@ -148,7 +196,8 @@ def test_opentelemetry_instrument_picks_up_the_instrumentor(tmp_path):
 
             receiver.wait_for(arrived, 20, "transport.received == bytes sent")
             spans = receiver.wait_for(
-                lambda r: [s for s in r.spans("otel-instrument-test") if s.name == "server connection"], 20, "spans")
+                lambda r: [s for s in r.spans("otel-instrument-test") if s.name == "server connection"], 20, "spans"
+            )
             assert spans[0].attributes["network.peer.address"] == "127.0.0.1"
         finally:
             proc.send_signal(signal.SIGINT)
@@ -158,8 +207,21 @@ def test_opentelemetry_instrument_picks_up_the_instrumentor(tmp_path):
 def test_demo_brings_up_the_endpoint_and_moves_every_metric(tmp_path):
     log = _log(tmp_path / "demo.log")
     proc = subprocess.Popen(
-        [os.path.join(BIN, "traced-transport"), "demo", "--metrics-port", "0", "--duration", "60", "--interval", "1",
-         "--concurrency", "8"], stdout=log, stderr=subprocess.STDOUT)
+        [
+            os.path.join(BIN, "traced-transport"),
+            "demo",
+            "--metrics-port",
+            "0",
+            "--duration",
+            "60",
+            "--interval",
+            "1",
+            "--concurrency",
+            "8",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = wait_for(lambda: _url_in(log, r"metrics\s+(http://\S+)"), 30, "the demo's metrics URL")
 
@@ -167,14 +229,23 @@ def test_demo_brings_up_the_endpoint_and_moves_every_metric(tmp_path):
             p = scrape(url)
             checks = {
                 "echo bytes": total(p, "transport_received_bytes_total", transport_name="echo") > 0,
-                "tls bytes": total(p, "transport_received_bytes_total", transport_name="tls-echo", tls_protocol_version="1.3") > 0,
+                "tls bytes": total(
+                    p, "transport_received_bytes_total", transport_name="tls-echo", tls_protocol_version="1.3"
+                )
+                > 0,
                 "http bytes": total(p, "transport_sent_bytes_total", transport_name="http") > 0,
                 "client side": total(p, "transport_sent_bytes_total", transport_side="client") > 0,
                 "read pauses": total(p, "transport_reading_pause_duration_seconds_count", transport_name="echo") > 0,
                 "write pauses": total(p, "transport_writing_pause_duration_seconds_count", transport_name="echo") > 0,
-                "handshake failures": total(p, "transport_connection_duration_seconds_count", error_type="tls_handshake_failed") > 0,
+                "handshake failures": total(
+                    p, "transport_connection_duration_seconds_count", error_type="tls_handshake_failed"
+                )
+                > 0,
                 "handshakes": total(p, "transport_tls_handshake_duration_seconds_count") > 0,
-                "aborted or reset": total(p, "transport_connection_duration_seconds_count", transport_name="echo-client", error_type="aborted") > 0,
+                "aborted or reset": total(
+                    p, "transport_connection_duration_seconds_count", transport_name="echo-client", error_type="aborted"
+                )
+                > 0,
             }
             return all(checks.values()), [k for k, ok in checks.items() if not ok]
 

@@ -1,4 +1,5 @@
 """Loop-side histogram aggregates handed to SDK readers (traced_transport.exporters.histograms) equal the SDK's own."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,10 @@ import math
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
-
-import traced_transport as tt
 from traced_transport.exporters import histograms
 from traced_transport.exporters.prometheus import prometheus_reader
+
+import traced_transport as tt
 
 HISTOGRAMS = (
     "transport.connection.duration",
@@ -59,8 +60,7 @@ class Server(asyncio.Protocol):
 
 async def _traffic(observers, n=12):
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(tt.traced(Server, name="h", observer=o), "127.0.0.1", 0)
-               for o in observers]
+    servers = [await loop.create_server(tt.traced(Server, name="h", observer=o), "127.0.0.1", 0) for o in observers]
     for i in range(n):
         for srv in servers:
             reader, writer = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
@@ -86,6 +86,7 @@ async def _traffic(observers, n=12):
 def test_attached_reader_gets_the_same_points_as_the_sdk(run):
     sdk, ours = Pipeline(attach=False), Pipeline(attach=True)
     run(_traffic, [sdk.telemetry, ours.telemetry])
+
     def portless(points):  # the two servers listen on different ports
         return {(n, frozenset((a, v) for a, v in attrs if a != "server.port")): p for (n, attrs), p in points.items()}
 
@@ -113,7 +114,7 @@ def test_aggregate_is_exactly_what_the_sdk_computes_for_the_same_values():
         sdk.telemetry._record(sdk.telemetry._duration, v, key)
         ours.telemetry._record(ours.telemetry._duration, v, key)
     sdk.telemetry.flush()
-    (k, expected), = sdk.points().items()
+    ((k, expected),) = sdk.points().items()
     got = ours.points()[k]
     assert list(got.bucket_counts) == list(expected.bucket_counts)
     assert (got.count, got.min, got.max) == (expected.count, expected.min, expected.max)
@@ -160,6 +161,6 @@ def test_prometheus_text_has_each_histogram_once(run, promtool_check):
     run(_traffic, [telemetry], 3)
     text = generate_latest(registry).decode()
     assert text.count("# TYPE transport_connection_duration_seconds histogram") == 1
-    assert 'transport_connection_duration_seconds_bucket{' in text
+    assert "transport_connection_duration_seconds_bucket{" in text
     assert "transport_reading_pause_duration_seconds_count" in text
     assert promtool_check(text) == ""

@@ -7,6 +7,7 @@
 - a real ``uvicorn --workers 2`` under real HTTP load from raw sockets: the aggregated
   bytes equal what the clients wrote and read, before and after a graceful shutdown.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,15 +30,15 @@ pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 pytest.importorskip("prometheus_client")
 
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402,F401
-from _util import free_port, samples, total, wait_for  # noqa: E402
+from _util import free_port, samples, total, wait_for
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families  # noqa: F401
+from traced_transport.exporters import multiworker as mw
+from traced_transport.exporters.prometheus import prometheus_reader
 
-import traced_transport as tt  # noqa: E402
-from traced_transport.exporters import multiworker as mw  # noqa: E402
-from traced_transport.exporters.prometheus import prometheus_reader  # noqa: E402
+import traced_transport as tt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -76,8 +77,9 @@ def _in_process_traffic(telemetry, held: list) -> None:
             reader = asyncio.StreamReader()
             proto = asyncio.StreamReaderProtocol(reader)
             transport, _ = await loop.create_connection(
-                tt.traced(lambda: proto, name="cli", side="client", observer=telemetry),
-                *server.sockets[0].getsockname())
+                tt.traced(lambda proto=proto: proto, name="cli", side="client", observer=telemetry),
+                *server.sockets[0].getsockname(),
+            )
             writer = asyncio.StreamWriter(transport, proto, reader, loop)
             writer.write(b"x" * (100 * (i + 1)))
             await reader.readexactly(100 * (i + 1))
@@ -125,8 +127,9 @@ def test_same_exposition_as_otel_prometheus_exporter(tmp_path, scope_labels):
     memory = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[memory, prom_reader], shutdown_on_exit=False)
     telemetry = tt.Telemetry(tt.Registry(), meter_provider=provider, spans=False)
-    worker = mw.WorkerExporter(str(tmp_path), reader=memory, meter_provider=provider, telemetry=telemetry,
-                               interval=3600)
+    worker = mw.WorkerExporter(
+        str(tmp_path), reader=memory, meter_provider=provider, telemetry=telemetry, interval=3600
+    )
     held: list = []
     _in_process_traffic(telemetry, held)
     try:
@@ -150,7 +153,7 @@ def test_same_exposition_as_otel_prometheus_exporter(tmp_path, scope_labels):
     assert ("transport_connection_duration_seconds_bucket" in ours) and 'le="+Inf"' in ours
     assert ("otel_scope_name" in ours) is scope_labels
     # a single worker's resource is the target's
-    assert 'target_info{' in ours and "service_name=" in ours
+    assert "target_info{" in ours and "service_name=" in ours
     check_promtool(ours)
 
 
@@ -162,9 +165,17 @@ def _dead_pid() -> int:
 
 
 def _worker_doc(metrics, pid, start=None, final=False, resource=None):
-    return {"format": 1, "pid": pid, "token": "ab", "start": start, "time": time.time(), "interval": 1.0,
-            "final": final, "resource": resource or {"service.name": "svc", "host.name": f"h{pid}"},
-            "metrics": metrics}
+    return {
+        "format": 1,
+        "pid": pid,
+        "token": "ab",
+        "start": start,
+        "time": time.time(),
+        "interval": 1.0,
+        "final": final,
+        "resource": resource or {"service.name": "svc", "host.name": f"h{pid}"},
+        "metrics": metrics,
+    }
 
 
 def _load(path):
@@ -322,9 +333,12 @@ class Load:
         return s
 
     def request(self, s: socket.socket, body: bytes, keep_alive: bool) -> None:
-        head = (f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUser-Agent: tt-test\r\n"
-                f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
-                + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode()
+        head = (
+            f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUser-Agent: tt-test\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+            + ("" if keep_alive else "Connection: close\r\n")
+            + "\r\n"
+        ).encode()
         data = head + body
         s.sendall(data)
         received = 0
@@ -337,8 +351,9 @@ class Load:
         head_bytes, _, rest = buf.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
         assert lines[0].startswith("HTTP/1.1 200"), lines[0]
-        length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:])
-                      if k.strip().lower() == "content-length")
+        length = next(
+            int(v) for k, _, v in (line.partition(":") for line in lines[1:]) if k.strip().lower() == "content-length"
+        )
         while len(rest) < length:
             chunk = s.recv(65536)
             assert chunk, "connection closed in the response body"
@@ -377,16 +392,35 @@ def uvicorn_two_workers(tmp_path, request):
     mw.prepare_directory(directory)
     port = free_port()
     log_path = tmp_path / "uvicorn.log"
-    env = dict(os.environ, TT_MW_DIR=directory, TT_MW_INTERVAL="0.2", PYTHONUNBUFFERED="1",
-               TT_MW_MODE=request.param)
+    env = dict(os.environ, TT_MW_DIR=directory, TT_MW_INTERVAL="0.2", PYTHONUNBUFFERED="1", TT_MW_MODE=request.param)
     if request.param == "sitecustomize":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(HERE, "_mw_site"), env.get("PYTHONPATH")]))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "_mw_app:app", "--app-dir", HERE, "--workers", "2",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--no-access-log"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "_mw_app:app",
+                "--app-dir",
+                HERE,
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "info",
+                "--no-access-log",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
     try:
+
         def ready():
             text = log_path.read_text(errors="replace")
             if proc.poll() is not None:
@@ -466,8 +500,13 @@ def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
         def live_totals():
             text = _scrape(aggregator.url)
             got = _http_totals(text)
-            want = {"rx": expected["sent"], "tx": expected["received"], "opened": expected["connections"],
-                    "active": len(held), "closed": expected["connections"] - len(held)}
+            want = {
+                "rx": expected["sent"],
+                "tx": expected["received"],
+                "opened": expected["connections"],
+                "active": len(held),
+                "closed": expected["connections"] - len(held),
+            }
             return got == want, (got, want, text)
 
         _, (_, _, text) = True, wait_for(live_totals, 20, "the aggregated totals of both workers")
@@ -475,7 +514,7 @@ def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
         agg = aggregator.collector.read()
         live_pids = {w["pid"] for w in agg.workers if w["alive"]}
         assert live_pids == set(load.pids), (live_pids, load.pids)
-        assert 'transport_connection_duration_seconds_bucket{' in text and 'le="+Inf"' in text
+        assert "transport_connection_duration_seconds_bucket{" in text and 'le="+Inf"' in text
         assert 'server_port="%d"' % port in text and 'transport_side="server"' in text
 
         # a graceful shutdown, as systemd or Kubernetes does it
@@ -488,8 +527,13 @@ def _run_uvicorn_load_and_check(proc, port, directory, log_path, aggregator):
     def final_totals():
         # the held connections were closed by the shutdown: they are in the final writes
         got = _http_totals(_scrape(aggregator.url))
-        want = {"rx": expected["sent"], "tx": expected["received"], "opened": expected["connections"],
-                "active": 0, "closed": expected["connections"]}
+        want = {
+            "rx": expected["sent"],
+            "tx": expected["received"],
+            "opened": expected["connections"],
+            "active": 0,
+            "closed": expected["connections"],
+        }
         return got == want, (got, want)
 
     wait_for(final_totals, 10, "the final totals")

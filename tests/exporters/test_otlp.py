@@ -1,5 +1,6 @@
 """OTLP export end to end: a traced echo server and client, exporters configured from OTEL_* only,
 and a real OTLP receiver (HTTP/protobuf and gRPC) in the test process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,17 +17,17 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
 pytest.importorskip("opentelemetry.proto")
 
-from opentelemetry.proto.metrics.v1 import metrics_pb2  # noqa: E402
-from opentelemetry.proto.trace.v1 import trace_pb2  # noqa: E402
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.resources import Resource  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from _helpers import Collect, closed, tcp_pair
+from _otlp_receiver import GRPC, HTTP, OTLPReceiver
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from traced_transport.exporters import otlp
 
-import traced_transport as tt  # noqa: E402
-from _helpers import Collect, closed, tcp_pair  # noqa: E402
-from _otlp_receiver import GRPC, HTTP, OTLPReceiver  # noqa: E402
-from traced_transport.exporters import otlp  # noqa: E402
-from traced_transport.telemetry.telemetry import DURATION_BUCKETS  # noqa: E402
+import traced_transport as tt
+from traced_transport.telemetry.telemetry import DURATION_BUCKETS
 
 PAYLOAD = bytes(range(256)) * 37 + b"tail"  # 9476 bytes
 N = len(PAYLOAD)
@@ -83,7 +84,8 @@ def pipeline():
 async def echo(telemetry):
     """One echo exchange of PAYLOAD; returns (server port, client's local port) once both ends closed."""
     server, s_proto, c_transport, c_proto = await tcp_pair(
-        lambda: Collect(echo=True), Collect,
+        lambda: Collect(echo=True),
+        Collect,
         wrap_server=lambda f: tt.traced(f, name="echo", observer=telemetry),
         wrap_client=lambda f: tt.traced(f, name="echo-client", side="client", observer=telemetry),
     )
@@ -101,12 +103,21 @@ async def echo(telemetry):
 
 # -- expectations ------------------------------------------------------------------
 def server_attrs(port):
-    return {"transport.name": "echo", "transport.side": "server", "network.transport": "tcp",
-            "network.type": "ipv4", "server.port": port}
+    return {
+        "transport.name": "echo",
+        "transport.side": "server",
+        "network.transport": "tcp",
+        "network.type": "ipv4",
+        "server.port": port,
+    }
 
 
-CLIENT_ATTRS = {"transport.name": "echo-client", "transport.side": "client", "network.transport": "tcp",
-                "network.type": "ipv4"}
+CLIENT_ATTRS = {
+    "transport.name": "echo-client",
+    "transport.side": "client",
+    "network.transport": "tcp",
+    "network.type": "ipv4",
+}
 
 
 def check_resource(resource, service):
@@ -140,6 +151,7 @@ def metrics_complete(service, temporality):
     With a periodic reader an export may catch the exchange half way, so this
     waits for the final state rather than the first export.
     """
+
     def check(receiver):
         received = latest_points(receiver, service, "transport.received")
         active = latest_points(receiver, service, "transport.connection.active")
@@ -149,6 +161,7 @@ def metrics_complete(service, temporality):
             and {side: p.as_int for side, p in active.items()} == {"server": 0, "client": 0}
             and {side: sum(p.count for _, p in pts) for side, pts in durations.items()} == {"server": 1, "client": 1}
         )
+
     return check
 
 
@@ -157,8 +170,10 @@ def spans_arrived(service, count):
 
 
 def check_metrics(receiver, service, port, temporality=CUMULATIVE, protocol=HTTP):
-    receiver.wait_for(metrics_complete(service, temporality),
-                      what=f"transport.received = {N}, no connection active, one duration, on both sides")
+    receiver.wait_for(
+        metrics_complete(service, temporality),
+        what=f"transport.received = {N}, no connection active, one duration, on both sides",
+    )
     expected_attrs = [server_attrs(port), CLIENT_ATTRS]
 
     def by_side(name, kind, unit):
@@ -293,13 +308,16 @@ def test_delta_temporality_preference(service, receiver, run, monkeypatch):
         check_metrics(receiver, service, port, temporality=DELTA)
 
 
-@pytest.mark.parametrize("sampler, arg, expected", [
-    ("always_on", None, 2),
-    ("always_off", None, 0),
-    ("traceidratio", "0", 0),
-    ("traceidratio", "1", 2),
-    ("parentbased_always_off", None, 0),
-])
+@pytest.mark.parametrize(
+    "sampler, arg, expected",
+    [
+        ("always_on", None, 2),
+        ("always_off", None, 0),
+        ("traceidratio", "0", 0),
+        ("traceidratio", "1", 2),
+        ("parentbased_always_off", None, 0),
+    ],
+)
 def test_sampler_from_env(sampler, arg, expected, service, receiver, run, monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     if arg is not None:
@@ -396,19 +414,26 @@ CHILD = textwrap.dedent("""
 
 def run_child(receiver, service, mode, loop_kind, protocol, **extra_env):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "OTEL_SERVICE_NAME": service,
-        "OTEL_RESOURCE_ATTRIBUTES": RESOURCE_ATTRIBUTES,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint(protocol),
-        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-        "OTEL_METRIC_EXPORT_INTERVAL": "100",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-        "OTEL_TRACES_SAMPLER": "always_on",
-        **extra_env,
-    })
+    env.update(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_RESOURCE_ATTRIBUTES": RESOURCE_ATTRIBUTES,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint(protocol),
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_METRIC_EXPORT_INTERVAL": "100",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            **extra_env,
+        }
+    )
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, mode, loop_kind],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         line = child.stdout.readline()
         if not line:
@@ -442,23 +467,32 @@ def test_sdk_setup_exports_over_otlp(service, receiver):
 
 
 # -- configuration from the environment, without exporting --------------------------------
-@pytest.mark.parametrize("env, enabled", [
-    ({}, False),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
-    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
-    ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4318/v1/metrics"}, True),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
-    ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
-    ({"OTEL_METRICS_EXPORTER": "prometheus,otlp"}, True),
-    ({"OTEL_METRICS_EXPORTER": "otlp_proto_grpc"}, True),
-    ({"OTEL_METRICS_EXPORTER": "prometheus"}, False),
-    ({"OTEL_TRACES_EXPORTER": "console"}, False),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none",
-      "OTEL_METRICS_EXPORTER": "none"}, False),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, True),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
-    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, False),  # a protocol alone asks for nothing
-])
+@pytest.mark.parametrize(
+    "env, enabled",
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4318/v1/metrics"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_METRICS_EXPORTER": "prometheus,otlp"}, True),
+        ({"OTEL_METRICS_EXPORTER": "otlp_proto_grpc"}, True),
+        ({"OTEL_METRICS_EXPORTER": "prometheus"}, False),
+        ({"OTEL_TRACES_EXPORTER": "console"}, False),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_METRICS_EXPORTER": "none",
+            },
+            False,
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, False),  # a protocol alone asks for nothing
+    ],
+)
 def test_otlp_enabled(env, enabled):
     assert otlp.otlp_enabled(env) is enabled
 
@@ -528,8 +562,10 @@ def test_missing_extra_names_it(service, monkeypatch):
 
 
 def test_module_imports_no_exporter_package():
-    code = ("import sys, traced_transport.exporters.otlp; "
-            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.exporter', 'grpc', "
-            "'opentelemetry.sdk'))))")
+    code = (
+        "import sys, traced_transport.exporters.otlp; "
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.exporter', 'grpc', "
+        "'opentelemetry.sdk'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

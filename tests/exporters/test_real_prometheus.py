@@ -5,6 +5,7 @@ known sizes; after each step we wait until Prometheus has scraped the new exact 
 Prometheus stored are checked against the load, and ``increase()``/``rate()`` against what Prometheus's own
 extrapolation gives for exactly those samples.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,12 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 
-import traced_transport as tt  # noqa: E402
-from traced_transport.exporters import sdk  # noqa: E402
+from traced_transport.exporters import sdk
+
+import traced_transport as tt
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "grafana"))
-import live  # noqa: E402  (grafana/live.py: the Prometheus runner the dashboard tests use too)
+import live
 
 JOB = "traced"
 WINDOW_S = 30
@@ -134,7 +136,8 @@ def test_prometheus_scrapes_exact_counts_and_rate(prometheus_bin, tmp_path, app)
 
     async def start_server():
         server = await asyncio.get_running_loop().create_server(
-            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0)
+            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0
+        )
         return server, server.sockets[0].getsockname()[1]
 
     server, echo_port = loop.run(start_server())
@@ -162,6 +165,7 @@ def test_prometheus_scrapes_exact_counts_and_rate(prometheus_bin, tmp_path, app)
             def check():
                 result = prom.query(selector)
                 return result if result and float(result[0]["value"][1]) == expected else None
+
             return check
 
         # A stepped load: after each step, wait until Prometheus has scraped the new exact total.

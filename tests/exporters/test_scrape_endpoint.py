@@ -3,6 +3,7 @@
 HTTP clients are http.client and raw sockets; TLS is real (trustme certificates); the traced servers run on
 asyncio and uvloop. Waiting is on data (a response, EOF, an event), never a fixed sleep.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,14 +28,14 @@ pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, Counter, Gauge  # noqa: E402
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from _helpers import Collect
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+from prometheus_client.parser import text_string_to_metric_families
+from traced_transport.exporters import _http, sdk
+from traced_transport.exporters.prometheus import ReaderCollector, ScrapeEndpoint, exposition
 
-import traced_transport as tt  # noqa: E402
-from _helpers import Collect  # noqa: E402
-from traced_transport.exporters import _http, sdk  # noqa: E402
-from traced_transport.exporters.prometheus import ReaderCollector, ScrapeEndpoint, exposition  # noqa: E402
+import traced_transport as tt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAIN = "text/plain; version=0.0.4; charset=utf-8"
@@ -171,11 +172,14 @@ def test_text_format_by_default(endpoints, static_registry):
     assert value(parsed, "demo_temperature_celsius") == 21.5
 
 
-@pytest.mark.parametrize("accept", [
-    "application/openmetrics-text",
-    "application/openmetrics-text; version=1.0.0",
-    "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",  # what Prometheus sends
-])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text",
+        "application/openmetrics-text; version=1.0.0",
+        "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",  # what Prometheus sends
+    ],
+)
 def test_openmetrics_by_negotiation(endpoints, static_registry, accept):
     ep = endpoints(static_registry)
     status, headers, body = get(ep, headers={"Accept": accept})
@@ -187,8 +191,18 @@ def test_openmetrics_by_negotiation(endpoints, static_registry, accept):
     assert families["demo_requests"].samples[0].value == 3
 
 
-@pytest.mark.parametrize("accept", ["text/plain", "*/*", "application/json", "application/openmetrics-text; version=x.y",
-                                    "application/openmetrics-text; version=0.0.1", ";;;,,,=", ""])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/plain",
+        "*/*",
+        "application/json",
+        "application/openmetrics-text; version=x.y",
+        "application/openmetrics-text; version=0.0.1",
+        ";;;,,,=",
+        "",
+    ],
+)
 def test_other_accept_headers_get_text(endpoints, static_registry, accept):
     ep = endpoints(static_registry)
     status, headers, body = get(ep, headers={"Accept": accept})
@@ -197,10 +211,17 @@ def test_other_accept_headers_get_text(endpoints, static_registry, accept):
     assert value(samples(body.decode()), "demo_requests_total", code="200") == 3
 
 
-@pytest.mark.parametrize("accept_encoding,compressed", [
-    ("gzip", True), ("deflate, gzip;q=0.5", True), ("GZIP", True), ("gzip;q=0", False), ("identity", False),
-    ("br", False),
-])
+@pytest.mark.parametrize(
+    "accept_encoding,compressed",
+    [
+        ("gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("GZIP", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+        ("br", False),
+    ],
+)
 def test_gzip(endpoints, static_registry, accept_encoding, compressed):
     ep = endpoints(static_registry)
     _, _, plain = get(ep)
@@ -266,32 +287,43 @@ def test_wrong_methods_405(endpoints, static_registry, method):
     assert b"demo_requests" not in response
 
 
-@pytest.mark.parametrize("request_bytes,expected", [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.x\r\nHost: x\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1 extra\r\n\r\n", 400),
-    (b"GET /metrics FTP/1.1\r\n\r\n", 400),
-    (b"GET /metrics HTTP/9.9\r\n\r\n", 505),
-    (b"GET /metrics HTTP/0.9\r\n\r\n", 505),  # was served as a bare body, no status line (found by fuzzing)
-    (b"GET /metrics HTTP/0.9\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\r\n\r\n", 400),  # a TLS hello
-    (b"\xff\xfe\xfd\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1\r\n continuation\r\nConnection: close\r\n\r\n", 200),  # lenient, as http.server is
-])
+@pytest.mark.parametrize(
+    "request_bytes,expected",
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.x\r\nHost: x\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1 extra\r\n\r\n", 400),
+        (b"GET /metrics FTP/1.1\r\n\r\n", 400),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", 505),
+        (b"GET /metrics HTTP/0.9\r\n\r\n", 505),  # was served as a bare body, no status line (found by fuzzing)
+        (b"GET /metrics HTTP/0.9\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\r\n\r\n", 400),  # a TLS hello
+        (b"\xff\xfe\xfd\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\n continuation\r\nConnection: close\r\n\r\n", 200),  # lenient, as http.server is
+    ],
+)
 def test_malformed_requests(endpoints, static_registry, request_bytes, expected):
     ep = endpoints(static_registry)
     response = raw(ep.port, request_bytes)
     assert status_of(response) == expected
-    assert b"Traceback" not in response and b"File \"" not in response
+    assert b"Traceback" not in response and b'File "' not in response
     assert get(ep)[0] == 200  # still serving
 
 
-@pytest.mark.parametrize("request_bytes,expected", [
-    (b"GET /metrics?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-    (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 2000) for i in range(20)) + b"\r\n", 431),
-    (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431),
-    (b"GET /metrics HTTP/1.1\r\nX-Huge: " + b"v" * 70000 + b"\r\n\r\n", 431),
-])
+@pytest.mark.parametrize(
+    "request_bytes,expected",
+    [
+        (b"GET /metrics?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (
+            b"GET /metrics HTTP/1.1\r\n"
+            + b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 2000) for i in range(20))
+            + b"\r\n",
+            431,
+        ),
+        (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n", 431),
+        (b"GET /metrics HTTP/1.1\r\nX-Huge: " + b"v" * 70000 + b"\r\n\r\n", 431),
+    ],
+)
 def test_oversized_requests(endpoints, static_registry, request_bytes, expected):
     ep = endpoints(static_registry)
     with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
@@ -338,17 +370,20 @@ def basic(user, password):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    basic("prom", "wrong"),
-    basic("other", "s3cret pass"),
-    basic("prom", "s3cret pass!"),
-    basic("prom", ""),
-    {"Authorization": "Basic !!!not-base64"},
-    {"Authorization": "Basic " + base64.b64encode(b"prom").decode()},  # no colon
-    {"Authorization": "Bearer s3cret pass"},
-    {"Authorization": "Basic"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("prom", "wrong"),
+        basic("other", "s3cret pass"),
+        basic("prom", "s3cret pass!"),
+        basic("prom", ""),
+        {"Authorization": "Basic !!!not-base64"},
+        {"Authorization": "Basic " + base64.b64encode(b"prom").decode()},  # no colon
+        {"Authorization": "Bearer s3cret pass"},
+        {"Authorization": "Basic"},
+    ],
+)
 def test_basic_auth_rejects(endpoints, static_registry, headers):
     ep = endpoints(static_registry, basic_auth=("prom", "s3cret pass"))
     for path in ("/metrics", "/other"):
@@ -391,18 +426,27 @@ def _rejected(ep, ctx):
 
 
 def test_client_certificates(endpoints, static_registry, scrape_certs):
-    ep = endpoints(static_registry, certfile=scrape_certs.server_cert, keyfile=scrape_certs.server_key,
-                   client_cafile=scrape_certs.ca)
+    ep = endpoints(
+        static_registry,
+        certfile=scrape_certs.server_cert,
+        keyfile=scrape_certs.server_key,
+        client_cafile=scrape_certs.ca,
+    )
     status, _, body = get(ep, context=client_ctx(scrape_certs, scrape_certs.client))
     assert status == 200 and b"demo_requests_total" in body
-    _rejected(ep, client_ctx(scrape_certs))                          # no certificate
-    _rejected(ep, client_ctx(scrape_certs, scrape_certs.stranger))   # signed by another CA
+    _rejected(ep, client_ctx(scrape_certs))  # no certificate
+    _rejected(ep, client_ctx(scrape_certs, scrape_certs.stranger))  # signed by another CA
     assert get(ep, context=client_ctx(scrape_certs, scrape_certs.client))[0] == 200
 
 
 def test_tls_client_cert_and_basic_auth_together(endpoints, static_registry, scrape_certs):
-    ep = endpoints(static_registry, certfile=scrape_certs.server_cert, keyfile=scrape_certs.server_key,
-                   client_cafile=scrape_certs.ca, basic_auth=("prom", "pw"))
+    ep = endpoints(
+        static_registry,
+        certfile=scrape_certs.server_cert,
+        keyfile=scrape_certs.server_key,
+        client_cafile=scrape_certs.ca,
+        basic_auth=("prom", "pw"),
+    )
     ctx = client_ctx(scrape_certs, scrape_certs.client)
     assert get(ep, context=ctx)[0] == 401
     assert get(ep, context=ctx, headers=basic("prom", "pw"))[0] == 200
@@ -610,7 +654,8 @@ def test_traced_server_metrics_exact(run, stack, promtool_check):
         keep = None
         for i, n in enumerate(sizes):
             transport, proto = await loop.create_connection(
-                tt.traced(Collect, name="echo-client", side="client", observer=telemetry), "127.0.0.1", port)
+                tt.traced(Collect, name="echo-client", side="client", observer=telemetry), "127.0.0.1", port
+            )
             await proto.made
             transport.write(bytes([i % 256]) * n)
             await proto.wait_bytes(n)
@@ -633,8 +678,13 @@ def test_traced_server_metrics_exact(run, stack, promtool_check):
     text = result["text"]
     parsed = samples(text)
     total = sum(sizes)
-    server_labels = dict(transport_name="echo", transport_side="server", network_transport="tcp",
-                         network_type="ipv4", server_port=result["port"])
+    server_labels = dict(
+        transport_name="echo",
+        transport_side="server",
+        network_transport="tcp",
+        network_type="ipv4",
+        server_port=result["port"],
+    )
     client_labels = dict(transport_name="echo-client", transport_side="client", network_transport="tcp")
     assert value(parsed, "transport_received_bytes_total", **server_labels) == total
     assert value(parsed, "transport_sent_bytes_total", **server_labels) == total
@@ -754,7 +804,8 @@ def test_force_flush_between_scrapes_does_not_duplicate(stack, run):
 
     async def main():
         server = await asyncio.get_running_loop().create_server(
-            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0)
+            tt.traced(Echo, name="echo", observer=telemetry), "127.0.0.1", 0
+        )
         r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
         w.write(b"q")
         await r.readexactly(1)
@@ -788,8 +839,12 @@ def test_scope_labels_only_when_asked(run):
 
         run(main)
         parsed = samples(get(s.endpoint)[2].decode())
-        assert value(parsed, "transport_connection_opened_total", transport_name="echo",
-                     otel_scope_name="traced_transport") == 1
+        assert (
+            value(
+                parsed, "transport_connection_opened_total", transport_name="echo", otel_scope_name="traced_transport"
+            )
+            == 1
+        )
     finally:
         s.shutdown()
 
@@ -843,8 +898,12 @@ def test_setup_resource_and_environment(clean_otel_env):
         s.shutdown()
     clean_otel_env.setenv("OTEL_SERVICE_NAME", "from-env")
     clean_otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=net ops,service.instance.id=i-1")
-    s = sdk.setup(service_name="from-code", metrics_port=0, set_global=False,
-                  resource_attributes={"deployment.environment.name": "test"})
+    s = sdk.setup(
+        service_name="from-code",
+        metrics_port=0,
+        set_global=False,
+        resource_attributes={"deployment.environment.name": "test"},
+    )
     try:
         info = _target_info(s)
         assert info["service_name"] == "from-env"
@@ -872,8 +931,14 @@ def test_setup_without_metrics_or_endpoint(clean_otel_env):
 
 
 def test_setup_tls_and_auth(clean_otel_env, scrape_certs):
-    s = sdk.setup(metrics_port=0, set_global=False, certfile=scrape_certs.server_cert,
-                  keyfile=scrape_certs.server_key, client_cafile=scrape_certs.ca, basic_auth=("u", "p"))
+    s = sdk.setup(
+        metrics_port=0,
+        set_global=False,
+        certfile=scrape_certs.server_cert,
+        keyfile=scrape_certs.server_key,
+        client_cafile=scrape_certs.ca,
+        basic_auth=("u", "p"),
+    )
     try:
         assert s.url.startswith("https://")
         ctx = client_ctx(scrape_certs, scrape_certs.client)
@@ -928,8 +993,9 @@ CHILD = textwrap.dedent("""
 def test_setup_global_providers(mode):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = ROOT
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=60, env=env,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     if mode == "setup-first":

@@ -1,5 +1,6 @@
 """Fixtures of the Grafana/Prometheus-rules tests: the grafana/ tools on sys.path (promtool_bin and
 prometheus_bin come from tests/conftest.py)."""
+
 from __future__ import annotations
 
 import os

@@ -1,14 +1,14 @@
 """Grafana dashboards, provisioning and Prometheus rules: generated, linted, unit-tested, and every panel query
 and recording rule run against a real Prometheus scraping the demo."""
+
 from __future__ import annotations
 
 import re
 import subprocess
 import time
 
-import pytest
-
 import live  # grafana/live.py (conftest puts grafana/ on sys.path)
+import pytest
 
 GRAFANA = live.HERE
 
@@ -26,6 +26,7 @@ def all_targets(dashboard: dict):
 
 
 # --- generated, and well formed ---------------------------------------------------------------------------------
+
 
 def test_committed_dashboards_are_what_the_generator_makes(generator):
     files = generator.files()
@@ -61,8 +62,11 @@ def test_every_panel_has_a_description_a_unit_and_readable_legends():
     raw = [t["expr"] for _, t in all_targets(dashboards["traced-transport-overview.json"])]
     rec = [t["expr"] for _, t in all_targets(dashboards["traced-transport-overview-recorded.json"])]
     assert not [e for e in raw if ":rate5m" in e or ":avg5m" in e]
-    assert sum("histogram_quantile" in e for e in rec) == sum("instance_transport_name_le:" in e for e in rec
-                                                             if "histogram_quantile" in e) > 0
+    assert (
+        sum("histogram_quantile" in e for e in rec)
+        == sum("instance_transport_name_le:" in e for e in rec if "histogram_quantile" in e)
+        > 0
+    )
     assert sum(":rate5m" in e for e in rec) >= 15
 
 
@@ -82,18 +86,25 @@ def test_provisioning_points_at_the_dashboards():
 
 # --- rules ------------------------------------------------------------------------------------------------------
 
+
 def rules() -> list[dict]:
     doc = yaml.safe_load(live.RULES.read_text())
     return [r for g in doc["groups"] for r in g["rules"]]
 
 
 def test_promtool_checks_and_unit_tests_the_rules(promtool_bin):
-    check = subprocess.run([promtool_bin, "check", "rules", str(live.RULES)], capture_output=True, text=True,
-                           timeout=60)
+    check = subprocess.run(
+        [promtool_bin, "check", "rules", str(live.RULES)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"SUCCESS: {len(rules())} rules found" in check.stdout
-    unit = subprocess.run([promtool_bin, "test", "rules", "rules_test.yml"], capture_output=True, text=True,
-                          timeout=120, cwd=live.RULES.parent)
+    unit = subprocess.run(
+        [promtool_bin, "test", "rules", "rules_test.yml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=live.RULES.parent,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
     assert "SUCCESS" in unit.stdout
     # every alert has a unit test that expects it to fire
@@ -103,6 +114,7 @@ def test_promtool_checks_and_unit_tests_the_rules(promtool_bin):
 
 
 # --- every panel and rule against a real Prometheus -------------------------------------------------------------
+
 
 @pytest.fixture
 def stack(prometheus_bin, tmp_path):
@@ -138,8 +150,12 @@ def test_every_panel_query_and_recording_rule_returns_data_from_real_prometheus(
 
     overview = dashboards["traced-transport-overview.json"]
     everything = {"job": ".*", "instance": ".*", "transport_name": ".*"}
-    values = live.poll(lambda: variable_values("transport_name", overview, everything), 30,
-                       "transport names in Prometheus", alive=alive)
+    values = live.poll(
+        lambda: variable_values("transport_name", overview, everything),
+        30,
+        "transport names in Prometheus",
+        alive=alive,
+    )
     jobs = variable_values("job", overview, everything)
     instances = variable_values("instance", overview, {**everything, "job": live.JOB})
     assert jobs == [live.JOB] and instances == [demo.target]
@@ -147,8 +163,11 @@ def test_every_panel_query_and_recording_rule_returns_data_from_real_prometheus(
     # All selected, and a multi-value selection of a job, an instance and the three server names
     selections = {
         "all": everything,
-        "picked": {"job": live.multi_value([live.JOB]), "instance": live.multi_value([demo.target]),
-                   "transport_name": live.multi_value(SERVER_NAMES)},
+        "picked": {
+            "job": live.multi_value([live.JOB]),
+            "instance": live.multi_value([demo.target]),
+            "transport_name": live.multi_value(SERVER_NAMES),
+        },
     }
     queries = {}
     for dname, d in dashboards.items():
@@ -177,8 +196,11 @@ def test_every_panel_query_and_recording_rule_returns_data_from_real_prometheus(
     try:
         live.poll(all_have_data, 75, "data for every panel query and recording rule", interval=1.0, alive=alive)
     except TimeoutError:
-        pytest.fail("no data for:\n" + "\n".join(f"{k}: {queries[k]}" for k in pending)
-                    + f"\nprometheus log:\n{prom.log()}\ndemo log:\n{demo.log()}")
+        pytest.fail(
+            "no data for:\n"
+            + "\n".join(f"{k}: {queries[k]}" for k in pending)
+            + f"\nprometheus log:\n{prom.log()}\ndemo log:\n{demo.log()}"
+        )
 
     # What Grafana runs for time series panels: range queries, none may error.
     end = time.time()

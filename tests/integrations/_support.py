@@ -1,4 +1,5 @@
 """What the integration tests share: an in-memory OTel SDK pipeline, client tools run as processes, waits."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ import traced_transport as tt
 # tests/exporters/_plain_app.py: the ASGI app the hypercorn and uvicorn tests build theirs from (it stays in
 # tests/exporters, where uvicorn subprocesses import it with only that directory on the path)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "exporters"))
-from _plain_app import make_app  # noqa: E402,F401
+from _plain_app import make_app  # noqa: F401
 
 
 class Otel:
@@ -31,8 +32,9 @@ class Otel:
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.registry = tt.Registry()
-        self.telemetry = tt.Telemetry(self.registry, meter_provider=self.meter_provider,
-                                      tracer_provider=self.tracer_provider)
+        self.telemetry = tt.Telemetry(
+            self.registry, meter_provider=self.meter_provider, tracer_provider=self.tracer_provider
+        )
 
     def points(self, metric: str) -> list:
         out = []
@@ -75,8 +77,9 @@ async def closed_connections(registry: tt.Registry, name: str, n: int) -> tt.Tot
 
 
 async def run_tool(*argv: str, stdin: bytes = b"", timeout: float = 30.0) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     return proc.returncode, out, err
 
@@ -87,8 +90,17 @@ async def run_curl(curl_bin: str, *args: str) -> tuple[dict, bytes]:
     code, out, err = await run_tool(curl_bin, "-sS", "-o", "/dev/null", "-w", fmt, *args)
     assert code == 0, err.decode()
     request, upload, header, download, version, status = out.decode().split()
-    return ({"request": int(request), "upload": int(upload), "header": int(header), "download": int(download),
-             "version": version, "status": int(status)}, err)
+    return (
+        {
+            "request": int(request),
+            "upload": int(upload),
+            "header": int(header),
+            "download": int(download),
+            "version": version,
+            "status": int(status),
+        },
+        err,
+    )
 
 
 def cert_sha256(pem_path: str) -> str:

@@ -1,10 +1,10 @@
 """Fixtures of the integration tests: real client tools, certificates on disk, a real OTel SDK in memory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pytest
-
 from _helpers import require_binary
 
 
@@ -25,11 +25,11 @@ def nghttp() -> str:
 
 @dataclass
 class Certs:
-    ca: str           # the CA the clients trust, and the server trusts for client certificates
-    cert: str         # server certificate chain (127.0.0.1, localhost)
-    key: str          # server key
-    client: str       # client certificate + key (PEM) issued by ca
-    stranger: str     # client certificate + key issued by another CA
+    ca: str  # the CA the clients trust, and the server trusts for client certificates
+    cert: str  # server certificate chain (127.0.0.1, localhost)
+    key: str  # server key
+    client: str  # client certificate + key (PEM) issued by ca
+    stranger: str  # client certificate + key issued by another CA
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +44,6 @@ def certs(tmp_path_factory) -> Certs:
     server.private_key_pem.write_to_path(str(d / "server.key"))
     ca.issue_cert("alice@example.com").private_key_and_cert_chain_pem.write_to_path(str(d / "client.pem"))
     other.issue_cert("mallory@example.com").private_key_and_cert_chain_pem.write_to_path(str(d / "stranger.pem"))
-    return Certs(str(d / "ca.pem"), str(d / "server.pem"), str(d / "server.key"), str(d / "client.pem"),
-                 str(d / "stranger.pem"))
+    return Certs(
+        str(d / "ca.pem"), str(d / "server.pem"), str(d / "server.key"), str(d / "client.pem"), str(d / "stranger.pem")
+    )

@@ -2,6 +2,7 @@
 uvloop) from real curl, byte counts equal to what curl carried; the traced client connector (side
 ``client``); a ``UnixSite`` on the traced runner; ``run_app`` in its own process, scraped through the
 Prometheus endpoint."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +14,11 @@ import textwrap
 import pytest
 
 pytest.importorskip("aiohttp")
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+from _support import Otel, closed_connections, run_curl, run_tool, server_ssl
+from aiohttp import web
 
-import traced_transport.aiohttp as tt_aiohttp  # noqa: E402
-from _support import Otel, closed_connections, run_curl, run_tool, server_ssl  # noqa: E402
+import traced_transport.aiohttp as tt_aiohttp
 
 SIZES = {"a.bin": 1, "b.bin": 70_000, "c.bin": 3 * 1024 * 1024 + 17}
 
@@ -62,8 +63,13 @@ def test_static_files_bytes_equal_curl(run, loop_kind, curl, static_dir, certs, 
             got = {}
             for name in SIZES:
                 if tls:
-                    url = [f"https://localhost:{port}/static/{name}", "--cacert", certs.ca,
-                           "--resolve", f"localhost:{port}:127.0.0.1"]
+                    url = [
+                        f"https://localhost:{port}/static/{name}",
+                        "--cacert",
+                        certs.ca,
+                        "--resolve",
+                        f"localhost:{port}:127.0.0.1",
+                    ]
                 else:
                     url = [f"http://127.0.0.1:{port}/static/{name}"]
                 got[name], _ = await run_curl(curl, "--http1.1", *url)
@@ -116,7 +122,8 @@ def test_run_app_in_its_own_process(tmp_path, curl, static_dir):
 
     port, metrics_port = free_port(), free_port()
     script = tmp_path / "serve.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from aiohttp import web
         import traced_transport.aiohttp
         from traced_transport.exporters.sdk import setup
@@ -125,14 +132,22 @@ def test_run_app_in_its_own_process(tmp_path, curl, static_dir):
         app = web.Application()
         app.router.add_static("/static", {str(static_dir)!r})
         traced_transport.aiohttp.run_app(app, host="127.0.0.1", port={port}, name="site")
-    """))
+    """)
+    )
     log_path = tmp_path / "log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     try:
-        wait_for(lambda: ("Running on" in log_path.read_text() or proc.poll() is not None, log_path.read_text()),
-                 30, "run_app")
+        wait_for(
+            lambda: ("Running on" in log_path.read_text() or proc.poll() is not None, log_path.read_text()),
+            30,
+            "run_app",
+        )
         assert proc.poll() is None, log_path.read_text()
 
         async def fetch():
@@ -145,8 +160,10 @@ def test_run_app_in_its_own_process(tmp_path, curl, static_dir):
 
         def scraped():
             parsed = samples(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
-            have = (total(parsed, "transport_received_bytes_total", transport_name="site"),
-                    total(parsed, "transport_sent_bytes_total", transport_name="site"))
+            have = (
+                total(parsed, "transport_received_bytes_total", transport_name="site"),
+                total(parsed, "transport_sent_bytes_total", transport_name="site"),
+            )
             return have == (rx, tx), have
 
         wait_for(scraped, 20, f"rx={rx} tx={tx}")
@@ -173,14 +190,25 @@ def test_unix_site_bytes_equal_curl(run, curl, static_dir, tmp_path):
         await web.UnixSite(runner, path).start()
         try:
             # the body, and curl's account of its bytes, from one request
-            code, out, err = await run_tool(curl, "-sS", "--http1.1", "--unix-socket", path,
-                                            "-o", str(tmp_path / "body"), "-w", "%{size_request} %{size_header}",
-                                            "http://localhost/hello/alice")
+            code, out, err = await run_tool(
+                curl,
+                "-sS",
+                "--http1.1",
+                "--unix-socket",
+                path,
+                "-o",
+                str(tmp_path / "body"),
+                "-w",
+                "%{size_request} %{size_header}",
+                "http://localhost/hello/alice",
+            )
             assert code == 0, err.decode()
             request, header = map(int, out.decode().split())
             body = (tmp_path / "body").read_bytes()
-            got = [(await run_curl(curl, "--http1.1", "--unix-socket", path, f"http://localhost/static/{name}"))[0]
-                   for name in SIZES]
+            got = [
+                (await run_curl(curl, "--http1.1", "--unix-socket", path, f"http://localhost/static/{name}"))[0]
+                for name in SIZES
+            ]
             await closed_connections(otel.registry, "web", 1 + len(SIZES))
         finally:
             await runner.cleanup()

@@ -1,6 +1,7 @@
 """hypercorn (asyncio worker) with ``traced_transport.hypercorn.serve``: HTTP/1.1 and HTTP/2 over TLS with
 ALPN from real curl and nghttp, and TLS failures (plain HTTP to the TLS port, an untrusted client
 certificate, a reset mid-handshake) counted while the server goes on serving."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +14,10 @@ import struct
 import pytest
 
 pytest.importorskip("hypercorn")
-from hypercorn.config import Config  # noqa: E402
+from _support import Otel, closed_connections, make_app, run_curl, run_tool
+from hypercorn.config import Config
 
-import traced_transport.hypercorn as tt_hypercorn  # noqa: E402
-from _support import Otel, closed_connections, make_app, run_curl, run_tool  # noqa: E402
+import traced_transport.hypercorn as tt_hypercorn
 
 # The request body's length; /big: 20,000 bytes.
 app = make_app(lambda scope, size: b"h" * 20_000 if scope["path"] == "/big" else str(size).encode())
@@ -36,8 +37,9 @@ async def serving(otel: Otel, certs, *, client_certs: bool = False):
     config.accesslog = config.errorlog = None
     config.graceful_timeout = 1
     stop = asyncio.Event()
-    task = asyncio.ensure_future(tt_hypercorn.serve(app, config, name="hyper", observer=otel.telemetry,
-                                                    shutdown_trigger=stop.wait))
+    task = asyncio.ensure_future(
+        tt_hypercorn.serve(app, config, name="hyper", observer=otel.telemetry, shutdown_trigger=stop.wait)
+    )
     try:
         yield port
     finally:
@@ -52,8 +54,9 @@ def test_curl_http2_and_http11_over_tls(run, curl, certs):
         async with serving(otel, certs) as port:
             common = ["--cacert", certs.ca, "--resolve", f"localhost:{port}:127.0.0.1"]
             h2, _ = await run_curl(curl, "--http2", *common, f"https://localhost:{port}/big")
-            h1, _ = await run_curl(curl, "--http1.1", *common, f"https://localhost:{port}/echo",
-                               "--data-binary", "p" * 3000)
+            h1, _ = await run_curl(
+                curl, "--http1.1", *common, f"https://localhost:{port}/echo", "--data-binary", "p" * 3000
+            )
             await closed_connections(otel.registry, "hyper", 2)
 
         return h2, h1
@@ -82,8 +85,9 @@ def test_nghttp_http2_frame_bytes_equal_counted(run, nghttp, certs):
 
     async def main():
         async with serving(otel, certs) as port:
-            code, out, err = await run_tool(nghttp, "-v", "-n", "-y",
-                                            f"https://127.0.0.1:{port}/big", f"https://127.0.0.1:{port}/small")
+            code, out, err = await run_tool(
+                nghttp, "-v", "-n", "-y", f"https://127.0.0.1:{port}/big", f"https://127.0.0.1:{port}/small"
+            )
             assert code == 0, err.decode() + out.decode()
             await closed_connections(otel.registry, "hyper", 1)
         return out.decode()
@@ -115,22 +119,44 @@ def test_tls_failures_counted_and_server_keeps_serving(run, curl, openssl, certs
             code, _, _ = await run_tool(curl, "-sS", "--http1.1", f"http://127.0.0.1:{port}/")
             assert code != 0
             # a client certificate from a CA the server does not trust
-            code, _, _ = await run_tool(openssl, "s_client", "-quiet", "-connect", f"127.0.0.1:{port}",
-                                        "-CAfile", certs.ca, "-cert", certs.stranger, "-tls1_2",
-                                        stdin=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            code, _, _ = await run_tool(
+                openssl,
+                "s_client",
+                "-quiet",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                certs.ca,
+                "-cert",
+                certs.stranger,
+                "-tls1_2",
+                stdin=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
             # reset in the middle of the handshake
             await _reset_mid_handshake(port)
             await closed_connections(otel.registry, "hyper", 3)
             # still serving: a trusted client certificate gets its answer
-            ok, _ = await run_curl(curl, "--http1.1", "--cacert", certs.ca, "--cert", certs.client,
-                               "--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/x")
+            ok, _ = await run_curl(
+                curl,
+                "--http1.1",
+                "--cacert",
+                certs.ca,
+                "--cert",
+                certs.client,
+                "--resolve",
+                f"localhost:{port}:127.0.0.1",
+                f"https://localhost:{port}/x",
+            )
             await closed_connections(otel.registry, "hyper", 4)
         return ok
 
     ok = run(main, timeout=40)
     assert ok["status"] == 200
-    failed = [p for p in otel.points("transport.connection.duration")
-              if p.attributes.get("error.type") == "tls_handshake_failed"]
+    failed = [
+        p
+        for p in otel.points("transport.connection.duration")
+        if p.attributes.get("error.type") == "tls_handshake_failed"
+    ]
     assert sum(p.count for p in failed) == 3
     assert otel.registry.totals("hyper").close_reasons.get("tls_handshake_failed") == 3
     good = [s for s in otel.spans("hyper") if s.attributes.get("tls.established")]

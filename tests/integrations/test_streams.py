@@ -1,12 +1,14 @@
 """asyncio streams end to end: ``traced_transport.start_server``/``open_connection`` (the core), a TLS 1.3
 server against ``openssl s_client``, and ``traced_transport.tracing(client_name=...)`` around unmodified
 ``asyncio.open_connection`` calls (side ``client``)."""
+
 from __future__ import annotations
 
 import asyncio
 
-import traced_transport as tt
 from _support import Otel, closed_connections, run_tool, server_ssl
+
+import traced_transport as tt
 
 
 async def echo_lines(reader, writer):
@@ -54,11 +56,22 @@ def test_tls_server_against_openssl_s_client(run, openssl, certs):
         writer.close()
 
     async def main():
-        server = await tt.start_server(fifty_lines, "127.0.0.1", 0, name="tls-lines", observer=otel.telemetry,
-                                       ssl=server_ssl(certs))
+        server = await tt.start_server(
+            fifty_lines, "127.0.0.1", 0, name="tls-lines", observer=otel.telemetry, ssl=server_ssl(certs)
+        )
         port = server.sockets[0].getsockname()[1]
-        code, out, err = await run_tool(openssl, "s_client", "-quiet", "-tls1_3", "-connect", f"127.0.0.1:{port}",
-                                        "-CAfile", certs.ca, "-verify_return_error", stdin=request)
+        code, out, err = await run_tool(
+            openssl,
+            "s_client",
+            "-quiet",
+            "-tls1_3",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            certs.ca,
+            "-verify_return_error",
+            stdin=request,
+        )
         await closed_connections(otel.registry, "tls-lines", 1)
         server.close()
         await server.wait_closed()

@@ -1,5 +1,6 @@
 """uvicorn with ``traced_transport.uvicorn.http(...)``: h11 and httptools, plain and TLS, real curl and
 openssl s_client clients, a WebSocket upgrade, and ``--workers 2`` under ``traced-transport run``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
-import traced_transport.uvicorn as tt_uvicorn  # noqa: E402
 from _support import Otel, cert_sha256, closed_connections, make_app, run_curl, run_tool  # noqa: E402
+
+import traced_transport.uvicorn as tt_uvicorn  # noqa: E402
 
 KINDS = ["h11", "httptools"]
 
@@ -44,8 +46,11 @@ async def app(scope, receive, send):
 @contextlib.asynccontextmanager
 async def serving(kind: str, otel: Otel, **config):
     http = tt_uvicorn.http(kind, name="api", observer=otel.telemetry)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=http, loop="none", lifespan="off",
-                                           log_level="warning", **config))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, http=http, loop="none", lifespan="off", log_level="warning", **config
+        )
+    )
     task = asyncio.ensure_future(server.serve())
     while not server.started:  # uvicorn sets no event
         assert not task.done(), task
@@ -63,8 +68,9 @@ def test_curl_http11_bytes_equal_what_curl_carried(run, kind, curl):
 
     async def main():
         async with serving(kind, otel) as port:
-            up, _ = await run_curl(curl, "--http1.1", "-H", "Expect:",
-                               f"http://127.0.0.1:{port}/upload", "--data-binary", "y" * 50_000)
+            up, _ = await run_curl(
+                curl, "--http1.1", "-H", "Expect:", f"http://127.0.0.1:{port}/upload", "--data-binary", "y" * 50_000
+            )
             down, _ = await run_curl(curl, "--http1.1", f"http://127.0.0.1:{port}/?n=300000")
             totals = await closed_connections(otel.registry, "api", 2)
         return up, down, totals
@@ -84,19 +90,38 @@ def test_curl_http11_bytes_equal_what_curl_carried(run, kind, curl):
 @pytest.mark.parametrize("kind", KINDS)
 def test_tls_curl_and_openssl_versions_and_mtls(run, kind, curl, openssl, certs):
     otel = Otel()
-    ctx_args = dict(ssl_certfile=certs.cert, ssl_keyfile=certs.key, ssl_ca_certs=certs.ca,
-                    ssl_cert_reqs=1)  # ssl.CERT_OPTIONAL: a client certificate is asked for, not required
+    ctx_args = dict(
+        ssl_certfile=certs.cert, ssl_keyfile=certs.key, ssl_ca_certs=certs.ca, ssl_cert_reqs=1
+    )  # ssl.CERT_OPTIONAL: a client certificate is asked for, not required
     request = b"GET /?n=1000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
     async def main():
         async with serving(kind, otel, **ctx_args) as port:
-            got, _ = await run_curl(curl, "--http1.1", "--cacert", certs.ca, f"https://localhost:{port}/?n=5000",
-                                "--resolve", f"localhost:{port}:127.0.0.1")
+            got, _ = await run_curl(
+                curl,
+                "--http1.1",
+                "--cacert",
+                certs.ca,
+                f"https://localhost:{port}/?n=5000",
+                "--resolve",
+                f"localhost:{port}:127.0.0.1",
+            )
             replies = {}
             for version, extra in (("1.2", ["-tls1_2"]), ("1.3", ["-tls1_3", "-cert", certs.client])):
-                code, out, err = await run_tool(openssl, "s_client", "-quiet", "-connect", f"127.0.0.1:{port}",
-                                                "-servername", "localhost", "-CAfile", certs.ca,
-                                                "-verify_return_error", *extra, stdin=request)
+                code, out, err = await run_tool(
+                    openssl,
+                    "s_client",
+                    "-quiet",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    "-servername",
+                    "localhost",
+                    "-CAfile",
+                    certs.ca,
+                    "-verify_return_error",
+                    *extra,
+                    stdin=request,
+                )
                 assert code == 0, err.decode()
                 replies[version] = out
             await closed_connections(otel.registry, "api", 3)
@@ -161,17 +186,45 @@ def test_workers_under_traced_transport_run(tmp_path):
         "    body = str(os.getpid()).encode()\n"
         "    await send({'type': 'http.response.start', 'status': 200,\n"
         "                'headers': [(b'content-length', str(len(body)).encode())]})\n"
-        "    await send({'type': 'http.response.body', 'body': body})\n")
+        "    await send({'type': 'http.response.body', 'body': body})\n"
+    )
     log_path = tmp_path / "log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "traced-transport"), "run", "--metrics-port", str(metrics_port), "--interval", "0.2",
-             "--", sys.executable, "-m", "uvicorn", "wapp:app", "--app-dir", str(tmp_path), "--workers", "2",
-             "--port", str(port), "--http", "traced_transport.uvicorn:h11"],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            [
+                os.path.join(os.path.dirname(sys.executable), "traced-transport"),
+                "run",
+                "--metrics-port",
+                str(metrics_port),
+                "--interval",
+                "0.2",
+                "--",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "wapp:app",
+                "--app-dir",
+                str(tmp_path),
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                "--http",
+                "traced_transport.uvicorn:h11",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     try:
-        wait_for(lambda: (log_path.read_text().count("Application startup complete.") >= 2 or proc.poll() is not None,
-                          log_path.read_text()), 30, "two workers")
+        wait_for(
+            lambda: (
+                log_path.read_text().count("Application startup complete.") >= 2 or proc.poll() is not None,
+                log_path.read_text(),
+            ),
+            30,
+            "two workers",
+        )
         assert proc.poll() is None, log_path.read_text()
         import socket
 
@@ -193,9 +246,11 @@ def test_workers_under_traced_transport_run(tmp_path):
 
         def scraped():
             parsed = samples(urllib.request.urlopen(url, timeout=10).read().decode())
-            got = (total(parsed, "transport_received_bytes_total", transport_name="http"),
-                   total(parsed, "transport_sent_bytes_total", transport_name="http"),
-                   total(parsed, "transport_connection_duration_seconds_count", transport_name="http"))
+            got = (
+                total(parsed, "transport_received_bytes_total", transport_name="http"),
+                total(parsed, "transport_sent_bytes_total", transport_name="http"),
+                total(parsed, "transport_connection_duration_seconds_count", transport_name="http"),
+            )
             return got == (sent, received, i), got
 
         wait_for(scraped, 20, f"rx={sent} tx={received} from both workers")

@@ -2,6 +2,7 @@
 connections under flow control. A client that stops reading drives the server into ``pause_writing``; a
 fast uploader to a handler that does not read drives the server's ``pause_reading``. Both show in metrics
 and span events, and the transfers complete intact. ``unix_serve`` is traced as unix."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,9 @@ import pytest
 
 pytest.importorskip("websockets.asyncio.server")
 
-import traced_transport.websockets as tt_ws  # noqa: E402
-from _support import Otel, closed_connections, wait_until  # noqa: E402
+from _support import Otel, closed_connections, wait_until
+
+import traced_transport.websockets as tt_ws
 
 CHUNK = 64 * 1024
 COUNT = 160  # 10 MiB: far more than loopback's socket buffers hold
@@ -39,11 +41,18 @@ def test_slow_reader_pauses_server_writing(run):
         await ws.close()
 
     async def main():
-        async with tt_ws.serve(handler, "127.0.0.1", 0, name="ws", observer=otel.telemetry, compression=None,
-                               max_size=None) as server:
+        async with tt_ws.serve(
+            handler, "127.0.0.1", 0, name="ws", observer=otel.telemetry, compression=None, max_size=None
+        ) as server:
             port = server.sockets[0].getsockname()[1]
-            client = await tt_ws.connect(f"ws://127.0.0.1:{port}", name="wsc", observer=otel.telemetry,
-                                         max_queue=1, compression=None, max_size=None)
+            client = await tt_ws.connect(
+                f"ws://127.0.0.1:{port}",
+                name="wsc",
+                observer=otel.telemetry,
+                max_queue=1,
+                compression=None,
+                max_size=None,
+            )
             # the client reads nothing until the server's transport has paused its writing
             await wait_until(lambda: any(r.write_paused_since for r in live(otel, "ws")), "server writing paused")
             digest = hashlib.sha256()
@@ -85,11 +94,13 @@ def test_fast_uploader_pauses_server_reading(run):
     async def main():
         nonlocal go
         go = asyncio.Event()
-        async with tt_ws.serve(handler, "127.0.0.1", 0, name="ws", observer=otel.telemetry, compression=None,
-                               max_queue=2, max_size=None) as server:
+        async with tt_ws.serve(
+            handler, "127.0.0.1", 0, name="ws", observer=otel.telemetry, compression=None, max_queue=2, max_size=None
+        ) as server:
             port = server.sockets[0].getsockname()[1]
-            client = await tt_ws.connect(f"ws://127.0.0.1:{port}", name="wsc", observer=otel.telemetry,
-                                         compression=None, max_size=None)
+            client = await tt_ws.connect(
+                f"ws://127.0.0.1:{port}", name="wsc", observer=otel.telemetry, compression=None, max_size=None
+            )
             expected = hashlib.sha256()
 
             async def upload():

@@ -23,6 +23,7 @@ protocol was handed (``rx``); read pauses are the app's pause transitions; write
 ``pause_writing`` calls the app's protocol saw; the close reasons are the documented ones. Several
 sessions of a batch run concurrently on one loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,7 +51,7 @@ def stream(pattern_period: int, pattern: bytes, offset: int, n: int) -> bytes:
     start = offset % pattern_period
     if start + n > len(pattern):  # a whole session's stream, for the oracle
         pattern = pattern * ((start + n) // len(pattern) + 1)
-    return pattern[start:start + n]
+    return pattern[start : start + n]
 
 
 def app_stream(offset: int, n: int) -> bytes:
@@ -212,8 +213,9 @@ class Outcome:
 class Harness:
     """A traced server on loopback; ``await harness.run_batch(sessions)`` runs them concurrently."""
 
-    def __init__(self, *, registry: Any = None, observer: Any = None, server_ctx: Any = None,
-                 client_ctx: Any = None) -> None:
+    def __init__(
+        self, *, registry: Any = None, observer: Any = None, server_ctx: Any = None, client_ctx: Any = None
+    ) -> None:
         self.registry = registry
         self.observer = observer
         self.server_ctx = server_ctx
@@ -265,7 +267,8 @@ class Harness:
         loop = asyncio.get_running_loop()
         peer_sink = Sink(loop)
         await loop.create_connection(
-            tt.traced(lambda: Plain(peer_sink), name=PEER_NAME, side="client", **self._kw()), "127.0.0.1", self.port)
+            tt.traced(lambda: Plain(peer_sink), name=PEER_NAME, side="client", **self._kw()), "127.0.0.1", self.port
+        )
         app_sink = await asyncio.wait_for(self._accepted.get(), WAIT_S)
         for sink in (app_sink, peer_sink):
             self._open.add(sink)
@@ -332,12 +335,13 @@ class Harness:
                 if out.tls or self.server_ctx is None:
                     continue
                 await drain()
-                server_side = loop.start_tls(app.transport, KINDS[kind](app_sink), self.server_ctx,
-                                             server_side=True)
-                client_side = loop.start_tls(peer.transport, Plain(peer_sink), self.client_ctx,
-                                             server_hostname="localhost")
+                server_side = loop.start_tls(app.transport, KINDS[kind](app_sink), self.server_ctx, server_side=True)
+                client_side = loop.start_tls(
+                    peer.transport, Plain(peer_sink), self.client_ctx, server_hostname="localhost"
+                )
                 app_sink.transport, peer_sink.transport = await asyncio.wait_for(
-                    asyncio.gather(server_side, client_side), WAIT_S)
+                    asyncio.gather(server_side, client_side), WAIT_S
+                )
                 out.tls = True
                 if app.transport.traced_record is not app_rec or peer.transport.traced_record is not peer_rec:
                     out.problems.append("start_tls changed the record")
@@ -384,8 +388,10 @@ class Harness:
             if len(got_app) > peer.sent or got_app != peer_stream(0, len(got_app)):
                 p.append(f"app received {len(got_app)} bytes that are not a prefix of the peer's {peer.sent}")
         counts = {
-            "app tx": (app_rec.tx, app.sent), "app rx": (app_rec.rx, len(got_app)),
-            "peer tx": (peer_rec.tx, peer.sent), "peer rx": (peer_rec.rx, len(got_peer)),
+            "app tx": (app_rec.tx, app.sent),
+            "app rx": (app_rec.rx, len(got_app)),
+            "peer tx": (peer_rec.tx, peer.sent),
+            "peer rx": (peer_rec.rx, len(got_peer)),
             "app read_pauses": (app_rec.read_pauses, app.pause_transitions),
             "peer read_pauses": (peer_rec.read_pauses, peer.pause_transitions),
             "app write_pauses": (app_rec.write_pauses, app_sink.write_pauses_seen),
@@ -445,8 +451,9 @@ def telemetry_stack() -> tuple:
     processor = CountingProcessor()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(processor)
-    telemetry = tt.Telemetry(registry, meter_provider=MeterProvider(metric_readers=[reader]),
-                             tracer_provider=tracer_provider)
+    telemetry = tt.Telemetry(
+        registry, meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=tracer_provider
+    )
     return telemetry, registry, reader, processor
 
 

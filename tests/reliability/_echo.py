@@ -1,4 +1,5 @@
 """The echo app of the reliability tests (imported as ``_echo``: tests/exporters has a ``_util`` already)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -14,6 +14,7 @@ after the echo). Afterwards:
 - the traced heap (tracemalloc), measured after a warm-up wave and again at the end, grew by less
   than ``HEAP_SLACK`` bytes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import traced_transport as tt
 import _chaos
+
+import traced_transport as tt
 
 SERVER, CLIENT = "soak", "soak-client"
 # 10,000 connections make 20,000 records, proxies and protocols: a leak of even 4 bytes per
@@ -35,7 +37,7 @@ HEAP_SLACK = 64 * 1024
 
 
 class EchoServer(asyncio.Protocol):
-    def __init__(self, tracker: "Tracker") -> None:
+    def __init__(self, tracker: Tracker) -> None:
         tracker.track(self)
         self.tracker = tracker
         self.transport: Any = None
@@ -56,7 +58,7 @@ class EchoServer(asyncio.Protocol):
 
 
 class Client(asyncio.Protocol):
-    def __init__(self, tracker: "Tracker", want: int) -> None:
+    def __init__(self, tracker: Tracker, want: int) -> None:
         tracker.track(self)
         loop = asyncio.get_running_loop()
         self.want = want
@@ -97,7 +99,7 @@ class Tracker:
             self.n_refs += 1
 
     def alive(self) -> list:
-        return [o for o in (r() for r in self.refs[:self.n_refs]) if o is not None]
+        return [o for o in (r() for r in self.refs[: self.n_refs]) if o is not None]
 
     def server_lost(self) -> None:
         self.lost += 1
@@ -150,15 +152,16 @@ async def soak(connections: int, concurrency: int, warmup: int = 0) -> SoakResul
     warmup = warmup or 2 * concurrency
     telemetry, registry, reader, processor = _chaos.telemetry_stack()
     tracker = Tracker(connections + warmup)
-    server = await loop.create_server(tt.traced(lambda: EchoServer(tracker), name=SERVER, observer=telemetry),
-                                      "127.0.0.1", 0, backlog=4096)  # no SYN dropped (1 s retry)
+    server = await loop.create_server(
+        tt.traced(lambda: EchoServer(tracker), name=SERVER, observer=telemetry), "127.0.0.1", 0, backlog=4096
+    )  # no SYN dropped (1 s retry)
     port = server.sockets[0].getsockname()[1]
     client_factory = tt.traced(Client, name=CLIENT, side="client", observer=telemetry)
     sent = [0]
 
     async def one(i: int) -> None:
         size = 1 + (i * 37) % 256
-        transport, proto = await loop.create_connection(lambda: client_factory(tracker, size), "127.0.0.1", port)
+        transport, proto = await loop.create_connection(lambda: client_factory(tracker, size), "127.0.0.1", port)  # noqa: F821 (deleted after the last call)
         tracker.track(transport)
         style = i % 3
         payload = bytes([65 + i % 26]) * (size - 1) + (b"!" if style == 2 else b".")
@@ -173,7 +176,7 @@ async def soak(connections: int, concurrency: int, warmup: int = 0) -> SoakResul
 
     async def waves(start: int, count: int) -> None:
         for base in range(start, start + count, concurrency):
-            await asyncio.gather(*(one(i) for i in range(base, min(base + concurrency, start + count))))
+            await asyncio.gather(*(one(i) for i in range(base, min(base + concurrency, start + count))))  # noqa: F821 (deleted after the last call)
 
     def settle() -> int:
         # Hand pending histogram values to the SDK and drop the 50 ms totals cache, then measure.
@@ -204,8 +207,10 @@ async def soak(connections: int, concurrency: int, warmup: int = 0) -> SoakResul
 
     p = result.problems
     if alive:
-        p.append(f"{len(alive)} sampled protocols/proxies/records still alive after gc: "
-                 f"{sorted({type(o).__name__ for o in alive})}")
+        p.append(
+            f"{len(alive)} sampled protocols/proxies/records still alive after gc: "
+            f"{sorted({type(o).__name__ for o in alive})}"
+        )
     if left:
         p.append(f"still alive after gc: {left}")
     if registry.live():
@@ -227,4 +232,3 @@ async def soak(connections: int, concurrency: int, warmup: int = 0) -> SoakResul
     if result.heap_growth > HEAP_SLACK:
         p.append(f"heap grew by {result.heap_growth} bytes (limit {HEAP_SLACK})")
     return result
-

@@ -4,6 +4,7 @@ peer resets), several at once on one loop, every byte and every count checked (s
 CI size: ``TT_CHAOS_EXAMPLES`` hypothesis examples per loop (default 300, each a batch of 1-8 concurrent
 sessions, ~1,300 sessions); ``bench/chaos.py`` runs the same code for >= 100,000 sessions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("opentelemetry.sdk")
 
-import _chaos  # noqa: E402
+import _chaos
 
 EXAMPLES = int(os.environ.get("TT_CHAOS_EXAMPLES", "300"))
 
@@ -35,8 +36,7 @@ def test_chaos_sessions(loop_kind, server_ctx, client_ctx):
     try:
         loop.run_until_complete(harness.start())
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(batch=_chaos.batches)
         def one_batch(batch):
             outcomes = loop.run_until_complete(asyncio.wait_for(harness.run_batch(batch), 60))

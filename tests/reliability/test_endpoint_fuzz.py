@@ -4,6 +4,7 @@ oversized and binary junk, half-sent) and a crowd of slowloris clients, over rea
 real GET/HEAD of /metrics, or a close; never a traceback; a good scrape works after each; threads and
 memory come back.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -19,32 +20,75 @@ from hypothesis import strategies as st
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, Counter  # noqa: E402
-
-from traced_transport.exporters import _http  # noqa: E402
-from traced_transport.exporters.prometheus import ScrapeEndpoint  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter
+from traced_transport.exporters import _http
+from traced_transport.exporters.prometheus import ScrapeEndpoint
 
 ALLOWED = {200, 400, 404, 405, 408, 414, 431, 505}
 EXAMPLES = int(__import__("os").environ.get("TT_FUZZ_EXAMPLES", "300"))
 
 token = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
-methods = st.one_of(st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-                                     "PATCH", "get", "GE T", "", "\x00GET"]), token)
+methods = st.one_of(
+    st.sampled_from(
+        ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH", "get", "GE T", "", "\x00GET"]
+    ),
+    token,
+)
 paths = st.one_of(
-    st.sampled_from(["/metrics", "/metrics/", "/", "*", "/metrics?x=1", "//metrics", "/metrics#f",
-                     "http://127.0.0.1/metrics", "/%00", "/metrics%2f..", "/../../etc/passwd", ""]),
+    st.sampled_from(
+        [
+            "/metrics",
+            "/metrics/",
+            "/",
+            "*",
+            "/metrics?x=1",
+            "//metrics",
+            "/metrics#f",
+            "http://127.0.0.1/metrics",
+            "/%00",
+            "/metrics%2f..",
+            "/../../etc/passwd",
+            "",
+        ]
+    ),
     st.text(max_size=60).map(lambda t: "/" + t),
     st.integers(100, 12_000).map(lambda n: "/" + "a" * n),
 )
 versions = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "HTTP/1.1.1", "HTTP/11", "JUNK", ""])
-header_name = st.one_of(st.sampled_from(["Host", "Accept", "Accept-Encoding", "Authorization", "Content-Length",
-                                         "Transfer-Encoding", "Connection", "Expect"]), token)
-header_value = st.one_of(st.text(max_size=40), st.integers(0, 40_000).map(lambda n: "v" * n),
-                         st.sampled_from(["gzip", "chunked", "100-continue", "-1", "99999999999", "close"]))
-headers = st.one_of(st.lists(st.tuples(header_name, header_value), max_size=8),
-                    st.integers(90, 400).map(lambda n: [(f"X-Bomb-{i}", "b") for i in range(n)]))
-endings = st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n", b"", b"\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
-                           b"\r\n\r\nbody-bytes-that-nobody-asked-for"])
+header_name = st.one_of(
+    st.sampled_from(
+        [
+            "Host",
+            "Accept",
+            "Accept-Encoding",
+            "Authorization",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "Expect",
+        ]
+    ),
+    token,
+)
+header_value = st.one_of(
+    st.text(max_size=40),
+    st.integers(0, 40_000).map(lambda n: "v" * n),
+    st.sampled_from(["gzip", "chunked", "100-continue", "-1", "99999999999", "close"]),
+)
+headers = st.one_of(
+    st.lists(st.tuples(header_name, header_value), max_size=8),
+    st.integers(90, 400).map(lambda n: [(f"X-Bomb-{i}", "b") for i in range(n)]),
+)
+endings = st.sampled_from(
+    [
+        b"\r\n\r\n",
+        b"\n\n",
+        b"\r\n",
+        b"",
+        b"\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+        b"\r\n\r\nbody-bytes-that-nobody-asked-for",
+    ]
+)
 
 
 @st.composite
@@ -93,9 +137,14 @@ def good_scrape(ep) -> int:
 
 def heap() -> int:
     """Traced heap outside hypothesis, pytest and this file (which keep the generated examples)."""
-    snapshot = tracemalloc.take_snapshot().filter_traces([
-        tracemalloc.Filter(False, "*/hypothesis/*"), tracemalloc.Filter(False, "*/_pytest/*"),
-        tracemalloc.Filter(False, __file__), tracemalloc.Filter(False, tracemalloc.__file__)])
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [
+            tracemalloc.Filter(False, "*/hypothesis/*"),
+            tracemalloc.Filter(False, "*/_pytest/*"),
+            tracemalloc.Filter(False, __file__),
+            tracemalloc.Filter(False, tracemalloc.__file__),
+        ]
+    )
     return sum(stat.size for stat in snapshot.statistics("filename"))
 
 
@@ -177,7 +226,7 @@ def test_slowloris_crowd_is_cut_and_the_endpoint_recovers(endpoint):
                 if n in done:
                     continue
                 try:
-                    s.send(head[i:i + 1])
+                    s.send(head[i : i + 1])
                 except (BrokenPipeError, ConnectionResetError):
                     done[n] = b""
                     continue

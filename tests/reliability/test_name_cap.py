@@ -1,4 +1,5 @@
 """A cap on distinct ``transport.name`` values: a per-peer or per-request name is refused, loudly."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Scrapes during churn: a thread scraping the real endpoint in a tight loop while connections open and
 close never gets an error, a negative gauge or a counter that went down; the last scrape is exact."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,17 +13,21 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("prometheus_client")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from _echo import Echo
+from prometheus_client.parser import text_string_to_metric_families
+from traced_transport.exporters import sdk
 
-import traced_transport as tt  # noqa: E402
-from _echo import Echo  # noqa: E402
-from traced_transport.exporters import sdk  # noqa: E402
+import traced_transport as tt
 
 CONNECTIONS = 3000
 WAVE = 100
 MONOTONIC_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
-GAUGES = ("transport_connection_active", "transport_reading_paused", "transport_writing_paused",
-          "transport_write_buffer_size_bytes")
+GAUGES = (
+    "transport_connection_active",
+    "transport_reading_paused",
+    "transport_writing_paused",
+    "transport_write_buffer_size_bytes",
+)
 
 
 class Scraper(threading.Thread):
@@ -97,8 +102,9 @@ def test_scrapes_during_churn_never_error_or_go_backwards(run, loop_kind):
     async def main():
         loop = asyncio.get_running_loop()
         # some pauses open and close during the churn: a read pause after each chunk with a "!"
-        server = await loop.create_server(tt.traced(lambda: Echo(pause_on=b"!"), name="churn", observer=telemetry),
-                                          "127.0.0.1", 0, backlog=1024)
+        server = await loop.create_server(
+            tt.traced(lambda: Echo(pause_on=b"!"), name="churn", observer=telemetry), "127.0.0.1", 0, backlog=1024
+        )
         port = server.sockets[0].getsockname()[1]
 
         async def one(i):

@@ -1,5 +1,6 @@
 """Security: loopback by default; only the exact basic-auth credentials get in; no peer address, peer port,
 certificate subject or other client-controlled string (SNI, payload) ever becomes a metric label."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,16 +17,25 @@ from hypothesis import strategies as st
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, Counter  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from _echo import Echo
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
+from traced_transport.exporters import sdk
+from traced_transport.exporters.prometheus import ScrapeEndpoint
 
-import traced_transport as tt  # noqa: E402
-from _echo import Echo  # noqa: E402
-from traced_transport.exporters import sdk  # noqa: E402
-from traced_transport.exporters.prometheus import ScrapeEndpoint  # noqa: E402
+import traced_transport as tt
 
-METRIC_LABELS = {"transport_name", "transport_side", "network_transport", "network_type", "server_port",
-                 "tls_protocol_version", "tls_cipher", "error_type", "le"}
+METRIC_LABELS = {
+    "transport_name",
+    "transport_side",
+    "network_transport",
+    "network_type",
+    "server_port",
+    "tls_protocol_version",
+    "tls_cipher",
+    "error_type",
+    "le",
+}
 PEERS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 SUBJECTS = ["alice-7f3a@example.org", "bob-19c2@example.org", "carol-55e1@example.org"]
 SNI = "sni-user-controlled.example"
@@ -64,14 +74,18 @@ def _status(ep, headers) -> tuple:
         conn.close()
 
 
-creds = st.tuples(st.one_of(st.just("prom"), st.text(max_size=10)),
-                  st.one_of(st.just("s3cr3t-Pass"), st.just("s3cr3t-pass"), st.just("s3cr3t-Pass "),
-                            st.text(max_size=14)))
+creds = st.tuples(
+    st.one_of(st.just("prom"), st.text(max_size=10)),
+    st.one_of(st.just("s3cr3t-Pass"), st.just("s3cr3t-pass"), st.just("s3cr3t-Pass "), st.text(max_size=14)),
+)
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(user_password=creds, scheme=st.sampled_from(["Basic", "basic", "BASIC", "Bearer", ""]),
-       mangle=st.sampled_from(["none", "no-colon", "junk-b64", "extra-space"]))
+@given(
+    user_password=creds,
+    scheme=st.sampled_from(["Basic", "basic", "BASIC", "Bearer", ""]),
+    mangle=st.sampled_from(["none", "no-colon", "junk-b64", "extra-space"]),
+)
 def test_only_the_exact_credentials_get_in(auth_endpoint, user_password, scheme, mangle):
     user, password = user_password
     raw = f"{user}:{password}".encode("utf-8", "surrogatepass")
@@ -84,8 +98,9 @@ def test_only_the_exact_credentials_get_in(auth_endpoint, user_password, scheme,
     if mangle == "extra-space":
         value = value.replace(" ", "  ")
     status, body = _status(auth_endpoint, {"Authorization": value})
-    right = (user, password) == ("prom", "s3cr3t-Pass") and scheme.lower() == "basic" and \
-        mangle in ("none", "extra-space")
+    right = (
+        (user, password) == ("prom", "s3cr3t-Pass") and scheme.lower() == "basic" and mangle in ("none", "extra-space")
+    )
     assert status == (200 if right else 401), (value, status)
     assert (b"secret_things" in body) == right
     assert _status(auth_endpoint, {})[0] == 401  # missing credentials
@@ -112,23 +127,29 @@ def test_no_peer_or_client_string_becomes_a_label(run, loop_kind, ca):
 
     async def main():
         loop = asyncio.get_running_loop()
-        tls = await loop.create_server(tt.traced(Echo, name="mtls", observer=telemetry), "127.0.0.1", 0,
-                                       ssl=server_ctx)
+        tls = await loop.create_server(tt.traced(Echo, name="mtls", observer=telemetry), "127.0.0.1", 0, ssl=server_ctx)
         plain = await loop.create_server(tt.traced(Echo, name="plain", observer=telemetry), "0.0.0.0", 0)
         server_ports["mtls"] = tls.sockets[0].getsockname()[1]
         server_ports["plain"] = plain.sockets[0].getsockname()[1]
         for peer, ctx in zip(PEERS, client_ctxs):
             reader, writer = await tt.open_connection(
-                "127.0.0.1", server_ports["mtls"], ssl=ctx, server_hostname=SNI, local_addr=(peer, 0),
-                name="mtls-client", observer=telemetry)
+                "127.0.0.1",
+                server_ports["mtls"],
+                ssl=ctx,
+                server_hostname=SNI,
+                local_addr=(peer, 0),
+                name="mtls-client",
+                observer=telemetry,
+            )
             seen_client_ports.add(writer.get_extra_info("sockname")[1])
             writer.write(f"hello from {peer}\n".encode())
             await reader.readline()
             writer.close()
             await writer.wait_closed()
         for i, peer in enumerate(PEERS * 4):
-            reader, writer = await tt.open_connection(peer, server_ports["plain"], local_addr=(peer, 0),
-                                                      name="plain-client", observer=telemetry)
+            reader, writer = await tt.open_connection(
+                peer, server_ports["plain"], local_addr=(peer, 0), name="plain-client", observer=telemetry
+            )
             seen_client_ports.add(writer.get_extra_info("sockname")[1])
             writer.write(f"{SUBJECTS[i % 3]}\n".encode())  # a user-controlled string in the payload
             await reader.readline()

@@ -6,6 +6,7 @@ and each failure is logged once (per site), not once per connection or per colle
 exporter runs when the SDK is set up as ``traced_transport.exporters.sdk.setup()`` does); a *synchronous* processor that
 blocks in ``on_end`` runs on the event loop by the SDK's design and would block any instrumented app.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +19,14 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
+from _echo import Echo
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-import traced_transport as tt  # noqa: E402
-from _echo import Echo  # noqa: E402
-from traced_transport import report as _safety  # noqa: E402
+import traced_transport as tt
+from traced_transport import report as _safety
 
 CONNECTIONS = 200
 
@@ -38,16 +39,18 @@ def _fresh_rate_limit():
 
 
 def failure_sites(caplog) -> list:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "traced_transport" and "telemetry failure" in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "traced_transport" and "telemetry failure" in r.getMessage()
+    ]
 
 
 async def traffic(observer, n=CONNECTIONS, wave=50, name="faulty"):
     """n echo connections (server and client traced with ``observer``); returns the bytes each way."""
     loop = asyncio.get_running_loop()
     # a read-pause transition after every chunk, so each connection's on_event runs too
-    server = await loop.create_server(tt.traced(lambda: Echo(pause_on=b""), name=name, observer=observer),
-                                      "127.0.0.1", 0, backlog=512)
+    server = await loop.create_server(
+        tt.traced(lambda: Echo(pause_on=b""), name=name, observer=observer), "127.0.0.1", 0, backlog=512
+    )
     port = server.sockets[0].getsockname()[1]
     total = 0
 
@@ -229,8 +232,14 @@ def test_raising_histograms_logged_once_counters_still_exported(run, caplog):
         assert len(sites) == 1 and "histogram.record" in sites[0], sites
     else:
         assert not sites, sites
-    opened = [p.value for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-              if m.name == "transport.connection.opened" for p in m.data.data_points]
+    opened = [
+        p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "transport.connection.opened"
+        for p in m.data.data_points
+    ]
     assert sum(opened) == 2 * CONNECTIONS
 
 
@@ -261,7 +270,6 @@ def test_endpoint_port_taken_fails_setup_early_and_leaves_the_app_alone(run, mon
     """setup() on a busy port raises OSError before it installs anything (no provider made global, no
     thread); a traced app already running carries on exactly."""
     from opentelemetry import metrics, trace
-
     from traced_transport.exporters import sdk
 
     for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"):

@@ -3,6 +3,7 @@
 Only values that are safe as metric labels come out of here: never a peer
 address or port (those belong on spans).
 """
+
 from __future__ import annotations
 
 import socket
@@ -44,7 +45,7 @@ def tls_version_of(transport: Any) -> Optional[str]:
         return None
     for prefix in ("TLSv", "SSLv"):
         if version.startswith(prefix):
-            return version[len(prefix):]
+            return version[len(prefix) :]
     return version
 
 

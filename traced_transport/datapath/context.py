@@ -5,19 +5,29 @@ an HTTP request span in uvicorn) has the connection span as its parent. Only
 groups that opted in get these wrapper classes, so nobody else pays for the
 attach/detach on the data path.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import context as otel_context
 
-
 _APP_CALLBACKS = (
-    "_made", "connection_lost", "data_received", "eof_received",
-    "get_buffer", "buffer_updated", "pause_writing", "resume_writing",
-    "datagram_received", "error_received", "pipe_data_received",
-    "pipe_connection_lost", "process_exited",
+    "_made",
+    "connection_lost",
+    "data_received",
+    "eof_received",
+    "get_buffer",
+    "buffer_updated",
+    "pause_writing",
+    "resume_writing",
+    "datagram_received",
+    "error_received",
+    "pipe_data_received",
+    "pipe_connection_lost",
+    "process_exited",
 )
 
 _variants: dict[type, type] = {}

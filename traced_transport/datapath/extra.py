@@ -5,6 +5,7 @@ recording span, an access log, ``traced(capture_extra=True)``): reading the
 peer certificate is not free. Every read is guarded, because transports from
 other libraries may raise, return None, or return odd types.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ One class per read path. asyncio picks the buffered path with
 not isinstance(p, asyncio.Protocol)``. So the plain wrapper must not have
 ``get_buffer`` at all, and nothing here forwards unknown attributes.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -4,13 +4,14 @@ Nothing here is called per byte. The proxy and the wrapping protocol do
 ``record.rx += n`` / ``record.tx += n`` inline; everything else (transitions,
 open, close) happens at most once per flow-control change or connection.
 """
+
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from .classify import conn_key
 from ..report import report
+from .classify import conn_key
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -35,12 +36,12 @@ _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 class Observer(Protocol):
     """What the telemetry layer plugs in; every call is guarded."""
 
-    def on_open(self, record: "ConnectionRecord", transport: Any) -> None: ...
+    def on_open(self, record: ConnectionRecord, transport: Any) -> None: ...
 
-    def on_event(self, record: "ConnectionRecord", name: str, seconds: Optional[float]) -> None:
+    def on_event(self, record: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
         """A transition; ``seconds`` is the pause's length on a resume."""
 
-    def on_close(self, record: "ConnectionRecord", exc: Optional[BaseException]) -> None: ...
+    def on_close(self, record: ConnectionRecord, exc: Optional[BaseException]) -> None: ...
 
 
 class Group:
@@ -52,7 +53,7 @@ class Group:
         self,
         name: str,
         side: str,
-        registry: "Registry",
+        registry: Registry,
         observer: Optional[Observer] = None,
         capture_extra: bool = False,
     ):

@@ -5,6 +5,7 @@ The event loop takes the lock only when a connection opens or closes; a reader
 totals, then sums outside it. A record is always in exactly one of the two
 places, so sums never go backwards and never count a connection twice.
 """
+
 from __future__ import annotations
 
 import threading
@@ -43,7 +44,7 @@ class Totals:
             self.read_paused_s += rare.read_paused_s
             self.write_paused_s += rare.write_paused_s
 
-    def copy(self) -> "Totals":
+    def copy(self) -> Totals:
         t = Totals(**{f.name: getattr(self, f.name) for f in fields(self)})
         t.close_reasons = dict(self.close_reasons)
         return t
@@ -123,7 +124,6 @@ class Registry:
             reason = rec.close_reason
             t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
 
-
     def snapshot(self) -> Snapshot:
         with self._lock:
             live = self._live_list()
@@ -165,7 +165,6 @@ class Registry:
                 rec._prev = rec._next = None
             self._head._prev = self._head._next = self._head
             self._closed.clear()
-
 
 
 default_registry = Registry()

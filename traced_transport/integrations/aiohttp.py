@@ -8,6 +8,7 @@ Each takes the same arguments as aiohttp's own, plus ``name`` (and ``observer``,
 ``registry``). Static files are served with ``loop.sendfile``; their bytes are
 counted (on uvloop, which has no sendfile, aiohttp falls back to ``write()``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -24,8 +25,9 @@ __all__ = ["AppRunner", "TCPConnector", "run_app"]
 class AppRunner(web.AppRunner):
     """``web.AppRunner`` whose sites (``TCPSite``, ``UnixSite``, ``SockSite``) serve traced connections."""
 
-    def __init__(self, app: web.Application, *, name: str = "http", observer: Any = None, registry: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, name: str = "http", observer: Any = None, registry: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self._traced = (name, observer, registry)
         self._traced_server: Optional[Any] = None
@@ -40,13 +42,19 @@ class AppRunner(web.AppRunner):
         factory = self._traced_server
         if factory is None or factory.protocol_factory is not real:
             name, observer, registry = self._traced
-            factory = self._traced_server = traced(real, name=name, side="server", observer=observer,
-                                                   registry=registry)
+            factory = self._traced_server = traced(real, name=name, side="server", observer=observer, registry=registry)
         return factory
 
 
-def run_app(app: Any, *, name: str = "http", client_name: Optional[str] = None, observer: Any = None,
-            registry: Any = None, **kwargs: Any) -> None:
+def run_app(
+    app: Any,
+    *,
+    name: str = "http",
+    client_name: Optional[str] = None,
+    observer: Any = None,
+    registry: Any = None,
+    **kwargs: Any,
+) -> None:
     """``web.run_app(app, **kwargs)`` with its listeners traced as ``name``.
 
     ``client_name`` also traces the outgoing connections the app makes (side ``client``)."""
@@ -57,8 +65,9 @@ def run_app(app: Any, *, name: str = "http", client_name: Optional[str] = None, 
 class TCPConnector(_TCPConnector):
     """``aiohttp.TCPConnector`` whose new connections are traced (side ``client``) as ``name``."""
 
-    def __init__(self, *args: Any, name: str = "http-client", observer: Any = None, registry: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, name: str = "http-client", observer: Any = None, registry: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._traced = dict(client_name=name, observer=observer, registry=registry)
 

@@ -8,6 +8,7 @@ TLS, HTTP/1.1, HTTP/2 by ALPN, WebSockets) are traced on the server side as
 so this runs it inside :func:`traced_transport.tracing`; outgoing connections
 the app makes are traced too when ``client_name`` is given.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -17,8 +18,16 @@ from ..loops.instrument import tracing
 __all__ = ["serve"]
 
 
-async def serve(app: Any, config: Any, *, name: str = "http", client_name: Optional[str] = None,
-                observer: Any = None, registry: Any = None, **kwargs: Any) -> None:
+async def serve(
+    app: Any,
+    config: Any,
+    *,
+    name: str = "http",
+    client_name: Optional[str] = None,
+    observer: Any = None,
+    registry: Any = None,
+    **kwargs: Any,
+) -> None:
     """``hypercorn.asyncio.serve(app, config, **kwargs)``, traced."""
     from hypercorn.asyncio import serve as hypercorn_serve
 

@@ -12,6 +12,7 @@ into the worker processes of ``--workers``/``workers=`` (with ``observer`` and
 OpenTelemetry set-up; under ``traced-transport run`` that is the multi-worker
 exporter). uvicorn is imported only when the first connection comes in.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,7 @@ def _load(spec: str) -> Any:
 class TracedHTTP:
     """Stands in for a uvicorn HTTP protocol class; calling it makes a traced connection."""
 
-    def __init__(self, kind: str = "auto", *, name: str = "http", observer: Any = None,
-                 registry: Any = None) -> None:
+    def __init__(self, kind: str = "auto", *, name: str = "http", observer: Any = None, registry: Any = None) -> None:
         if not isinstance(kind, str):
             raise TypeError("kind must be 'auto', 'h11', 'httptools' or an import string 'module:Class'")
         self.kind = kind
@@ -58,13 +58,19 @@ class TracedHTTP:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         factory = self._factory
         if factory is None:  # first connection in this process: the default telemetry is this process's
-            factory = self._factory = traced(self.protocol_class, name=self.name, side="server",
-                                              observer=self.observer, registry=self.registry)
+            factory = self._factory = traced(
+                self.protocol_class, name=self.name, side="server", observer=self.observer, registry=self.registry
+            )
         return factory(*args, **kwargs)
 
     def __getstate__(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "observer": self.observer, "registry": self.registry,
-                "_factory": None}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "observer": self.observer,
+            "registry": self.registry,
+            "_factory": None,
+        }
 
     def __repr__(self) -> str:
         return f"<traced uvicorn http {self.kind!r} name={self.name!r}>"

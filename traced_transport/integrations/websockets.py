@@ -10,6 +10,7 @@ the closing handshake are counted, and flow control (``write_limit``, a client
 that stops reading) shows up as writing pauses. ``connect()`` does the same for
 clients (side ``client``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -30,26 +31,44 @@ def _scoped(server: Any, kwargs: dict) -> Any:
     return server
 
 
-def serve(handler: Any, host: Any = None, port: Any = None, *, name: str = "websocket",
-          client_name: Optional[str] = None, observer: Any = None, registry: Any = None, **kwargs: Any) -> Any:
+def serve(
+    handler: Any,
+    host: Any = None,
+    port: Any = None,
+    *,
+    name: str = "websocket",
+    client_name: Optional[str] = None,
+    observer: Any = None,
+    registry: Any = None,
+    **kwargs: Any,
+) -> Any:
     """``websockets.asyncio.server.serve(handler, host, port, **kwargs)``, traced as ``name``."""
     from websockets.asyncio.server import serve as ws_serve
 
-    return _scoped(ws_serve(handler, host, port, **kwargs),
-                   dict(server_name=name, client_name=client_name, observer=observer, registry=registry))
+    return _scoped(
+        ws_serve(handler, host, port, **kwargs),
+        dict(server_name=name, client_name=client_name, observer=observer, registry=registry),
+    )
 
 
-def unix_serve(handler: Any, path: Any = None, *, name: str = "websocket", observer: Any = None,
-               registry: Any = None, **kwargs: Any) -> Any:
+def unix_serve(
+    handler: Any,
+    path: Any = None,
+    *,
+    name: str = "websocket",
+    observer: Any = None,
+    registry: Any = None,
+    **kwargs: Any,
+) -> Any:
     """``websockets.asyncio.server.unix_serve``, traced."""
     from websockets.asyncio.server import unix_serve as ws_unix_serve
 
-    return _scoped(ws_unix_serve(handler, path, **kwargs),
-                   dict(server_name=name, observer=observer, registry=registry))
+    return _scoped(ws_unix_serve(handler, path, **kwargs), dict(server_name=name, observer=observer, registry=registry))
 
 
-async def connect(uri: str, *, name: str = "websocket-client", observer: Any = None, registry: Any = None,
-                  **kwargs: Any) -> Any:
+async def connect(
+    uri: str, *, name: str = "websocket-client", observer: Any = None, registry: Any = None, **kwargs: Any
+) -> Any:
     """``await websockets.asyncio.client.connect(uri, **kwargs)``, the connection traced (side ``client``)."""
     from websockets.asyncio.client import connect as ws_connect
 

@@ -1,16 +1,18 @@
 """``traced()``: wrap a protocol factory so every connection it serves is recorded."""
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 from asyncio.events import _get_running_loop
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from ..datapath import protocols as _protocols
-from . import patches
 from ..datapath.record import ConnectionRecord, Group, Observer
 from ..datapath.registry import Registry, default_registry
+from . import patches
 
 _class_cache = _protocols._class_cache
 
@@ -38,7 +40,8 @@ def _cap_from_env() -> int:
     if value < 1:
         # Not worth failing the app's import over: say so and keep the default.
         logging.getLogger("traced_transport").warning(
-            "%s must be a positive integer, got %r: using %d", MAX_NAMES_ENV, raw, DEFAULT_MAX_NAMES)
+            "%s must be a positive integer, got %r: using %d", MAX_NAMES_ENV, raw, DEFAULT_MAX_NAMES
+        )
         return DEFAULT_MAX_NAMES
     return value
 
@@ -78,7 +81,8 @@ def _admit_name(name: str) -> None:
                 f"limit of {_max_names}. transport.name is a metric label: use a constant per listener or "
                 f"client pool, never a per-connection, per-peer or per-request value. If you really need "
                 f"more names, raise the limit with traced_transport.set_max_transport_names(n) or the "
-                f"{MAX_NAMES_ENV} environment variable.")
+                f"{MAX_NAMES_ENV} environment variable."
+            )
         _names.add(name)
 
 

@@ -19,6 +19,7 @@ class the first time a traced factory runs on it), on the class that defines
 each method; for calls that involve nothing of ours they call the original
 straight away.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,10 +31,10 @@ from typing import Any
 
 from ..datapath import protocols as _protocols
 from ..datapath import proxy as _proxy
-from . import factory as _factory_mod
-from . import patches
 from ..datapath.record import TLS_FAILED, monotonic
 from ..report import report
+from . import factory as _factory_mod
+from . import patches
 
 # Loop methods that take a protocol factory, and the side a connection made
 # through them is on (None: decided per call). Used by instrument().
@@ -110,8 +111,11 @@ def _uvloop_tls_server(loop, args: tuple, kwargs: dict) -> tuple:
     factory = args[0]
     sslcontext = kwargs["ssl"]
     ssl_protocol_cls = getattr(sys.modules.get("uvloop.loop"), "SSLProtocol", None)
-    if (not isinstance(factory, _factory_mod.TracedProtocolFactory) or not isinstance(sslcontext, ssl.SSLContext)
-            or ssl_protocol_cls is None):
+    if (
+        not isinstance(factory, _factory_mod.TracedProtocolFactory)
+        or not isinstance(sslcontext, ssl.SSLContext)
+        or ssl_protocol_cls is None
+    ):
         return args, kwargs
     kwargs = dict(kwargs)
     del kwargs["ssl"]
@@ -120,8 +124,9 @@ def _uvloop_tls_server(loop, args: tuple, kwargs: dict) -> tuple:
     def tls_factory():
         wrapper = factory()
         waiter = loop.create_future()
-        ssl_protocol = ssl_protocol_cls(loop, wrapper, sslcontext, waiter, server_side=True,
-                                        server_hostname=None, **timeouts)
+        ssl_protocol = ssl_protocol_cls(
+            loop, wrapper, sslcontext, waiter, server_side=True, server_hostname=None, **timeouts
+        )
         return _TLSHandoff(wrapper, ssl_protocol, waiter)
 
     return (tls_factory,) + args[1:], kwargs

@@ -4,24 +4,32 @@
 uvloop's when it is installed) so that a protocol factory the app did not wrap
 itself goes through ``traced()``. ``uninstrument()`` removes every hook.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import importlib
 import threading
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
+from ..datapath.record import Observer
+from ..datapath.registry import Registry
 from . import hooks as _hooks
 from . import patches
 from .factory import TracedProtocolFactory, traced
-from ..datapath.record import Observer
-from ..datapath.registry import Registry
 
-_NETWORK = frozenset({
-    "create_server", "create_unix_server", "connect_accepted_socket",
-    "create_connection", "create_unix_connection", "create_datagram_endpoint",
-})
+_NETWORK = frozenset(
+    {
+        "create_server",
+        "create_unix_server",
+        "connect_accepted_socket",
+        "create_connection",
+        "create_unix_connection",
+        "create_datagram_endpoint",
+    }
+)
 _LOCAL = frozenset({"connect_read_pipe", "connect_write_pipe", "subprocess_exec", "subprocess_shell"})
 
 _lock = threading.Lock()
@@ -30,8 +38,14 @@ _lock = threading.Lock()
 class _Auto:
     """What instrument() was asked for; consulted by the loop hooks on each call."""
 
-    def __init__(self, server_name: Optional[str], client_name: Optional[str], pipes: bool,
-                 observer: Optional[Observer], registry: Optional[Registry]) -> None:
+    def __init__(
+        self,
+        server_name: Optional[str],
+        client_name: Optional[str],
+        pipes: bool,
+        observer: Optional[Observer],
+        registry: Optional[Registry],
+    ) -> None:
         self.server_name = server_name
         self.client_name = client_name
         self.methods = _NETWORK | (_LOCAL if pipes else frozenset())

@@ -8,11 +8,13 @@ original under ``__traced_transport_original__``. A loop class seen later
 (another loop implementation, a subclass defining its own methods) is hooked
 the first time a traced factory runs on it.
 """
+
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _MARK = "__traced_transport_original__"
 # (method name, maker(original, name) -> hooked function), set by ``hooks``;

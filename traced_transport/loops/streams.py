@@ -3,14 +3,16 @@
 These mirror asyncio's own helpers (same arguments, same return values); the
 only difference is that the protocol factory goes through ``traced()``.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
-from .factory import traced
 from ..datapath.record import Observer
 from ..datapath.registry import Registry
+from .factory import traced
 
 _LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 
@@ -24,29 +26,59 @@ def _reader_protocol_factory(loop, limit, client_connected_cb=None):
 
 
 async def start_server(
-    client_connected_cb: Callable, host: Any = None, port: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
-    observer: Optional[Observer] = None, **kwds: Any,
+    client_connected_cb: Callable,
+    host: Any = None,
+    port: Any = None,
+    *,
+    name: str = "streams",
+    limit: int = _LIMIT,
+    registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None,
+    **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Like ``asyncio.start_server``, with every connection traced (side ``server``)."""
     loop = asyncio.get_running_loop()
-    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry, observer=observer)
+    factory = traced(
+        _reader_protocol_factory(loop, limit, client_connected_cb),
+        name=name,
+        side="server",
+        registry=registry,
+        observer=observer,
+    )
     return await loop.create_server(factory, host, port, **kwds)
 
 
 async def start_unix_server(
-    client_connected_cb: Callable, path: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
-    observer: Optional[Observer] = None, **kwds: Any,
+    client_connected_cb: Callable,
+    path: Any = None,
+    *,
+    name: str = "streams",
+    limit: int = _LIMIT,
+    registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None,
+    **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Like ``asyncio.start_unix_server``, traced."""
     loop = asyncio.get_running_loop()
-    factory = traced(_reader_protocol_factory(loop, limit, client_connected_cb), name=name, side="server", registry=registry, observer=observer)
+    factory = traced(
+        _reader_protocol_factory(loop, limit, client_connected_cb),
+        name=name,
+        side="server",
+        registry=registry,
+        observer=observer,
+    )
     return await loop.create_unix_server(factory, path, **kwds)
 
 
-async def _open(connect: str, args: tuple, name: str, limit: int, registry: Optional[Registry],
-                observer: Optional[Observer], kwds: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(
+    connect: str,
+    args: tuple,
+    name: str,
+    limit: int,
+    registry: Optional[Registry],
+    observer: Optional[Observer],
+    kwds: dict,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     # asyncio.open_connection's own steps, with the factory traced.
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
@@ -57,18 +89,27 @@ async def _open(connect: str, args: tuple, name: str, limit: int, registry: Opti
 
 
 async def open_connection(
-    host: Any = None, port: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
-    observer: Optional[Observer] = None, **kwds: Any,
+    host: Any = None,
+    port: Any = None,
+    *,
+    name: str = "streams",
+    limit: int = _LIMIT,
+    registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None,
+    **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_connection``, traced (side ``client``)."""
     return await _open("create_connection", (host, port), name, limit, registry, observer, kwds)
 
 
 async def open_unix_connection(
-    path: Any = None, *,
-    name: str = "streams", limit: int = _LIMIT, registry: Optional[Registry] = None,
-    observer: Optional[Observer] = None, **kwds: Any,
+    path: Any = None,
+    *,
+    name: str = "streams",
+    limit: int = _LIMIT,
+    registry: Optional[Registry] = None,
+    observer: Optional[Observer] = None,
+    **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_unix_connection``, traced (side ``client``)."""
     return await _open("create_unix_connection", (path,), name, limit, registry, observer, kwds)

@@ -3,6 +3,7 @@
 Metric attributes come from the low-cardinality ConnKey only. Span attributes
 may carry peer addresses, ports and certificate details.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,9 @@ def safe_cipher_name(openssl_name: str) -> str:
     return "other"
 
 
-def metric_attributes(key: ConnKey, error_type: Optional[str] = None, cipher: Optional[str] = None,
-                      tls_version: Optional[str] = None) -> dict[str, Any]:
+def metric_attributes(
+    key: ConnKey, error_type: Optional[str] = None, cipher: Optional[str] = None, tls_version: Optional[str] = None
+) -> dict[str, Any]:
     """``cipher`` and ``tls_version`` (when the key has none) are for the handshake histogram only."""
     attrs: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
     if key.network_transport:
@@ -80,9 +82,16 @@ def _address(value: Any, prefix: str, out: dict) -> None:
 
 def _dn(rdns: Any) -> Optional[str]:
     # getpeercert()'s ((('commonName', 'x'),), ...) -> "CN=x,O=y" (RFC 4514 order: most specific first)
-    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
-             "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
-             "emailAddress": "emailAddress", "domainComponent": "DC"}
+    short = {
+        "commonName": "CN",
+        "organizationName": "O",
+        "organizationalUnitName": "OU",
+        "countryName": "C",
+        "stateOrProvinceName": "ST",
+        "localityName": "L",
+        "emailAddress": "emailAddress",
+        "domainComponent": "DC",
+    }
     try:
         parts = []
         for rdn in reversed(rdns):
@@ -150,5 +159,3 @@ def tls_attributes(extra: dict, *, certificate_subjects: bool = True) -> dict[st
     if isinstance(der, (bytes, bytearray)) and der:
         attrs[f"{peer}.hash.sha256"] = hashlib.sha256(der).hexdigest().upper()
     return attrs
-
-

@@ -12,12 +12,14 @@ what an SDK metric reader collects. Until a reader is attached, Telemetry also
 hands every value to the API histogram, so an app with its own SDK set-up loses
 nothing.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 from bisect import bisect_left
-from typing import Hashable, NamedTuple, Optional, Sequence
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple, Optional
 
 
 class HistogramPoint:
@@ -102,8 +104,7 @@ class HistogramAggregate:
                 interval[0] = {}
                 interval[1] = time.time_ns()
             views = [
-                PointView(p.attributes, tuple(p.counts), sum(p.counts), p.sum, p.min, p.max)
-                for p in source.values()
+                PointView(p.attributes, tuple(p.counts), sum(p.counts), p.sum, p.min, p.max) for p in source.values()
             ]
         return start, views
 

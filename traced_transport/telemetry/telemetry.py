@@ -6,29 +6,30 @@ live records), so a scrape costs the same however much traffic there was.
 Histograms are recorded at transitions (a connection's end, a pause's end, a
 TLS handshake), never per byte.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
 from ..datapath.classify import ConnKey, tls_version_of
 from ..datapath.extra import snapshot_extra
-from .histogram import HistogramAggregate
 from ..datapath.record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
 from ..datapath.registry import Registry, default_registry
 from ..report import report
+from ..version import __version__ as _VERSION
+from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
+from .histogram import HistogramAggregate
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
-from ..version import __version__ as _VERSION
-
 # Semantic-convention advice (as for kestrel.connection.duration and
 # kestrel.tls_handshake.duration): seconds, not the SDK's millisecond defaults.
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -113,37 +114,60 @@ class Telemetry:
     def _create_instruments(self, meter: Any) -> None:
         self.meter = m = meter
         m.create_observable_counter(
-            "transport.connection.opened", [self._observe("opened", fresh=True)], "{connection}", "Connections made")
+            "transport.connection.opened", [self._observe("opened", fresh=True)], "{connection}", "Connections made"
+        )
         m.create_observable_up_down_counter(
-            "transport.connection.active", [self._observe("active")], "{connection}", "Connections open now")
+            "transport.connection.active", [self._observe("active")], "{connection}", "Connections open now"
+        )
         m.create_observable_counter(
-            "transport.received", [self._observe("rx")], "By",
-            "Bytes received, as the application's protocol sees them (plaintext over TLS)")
+            "transport.received",
+            [self._observe("rx")],
+            "By",
+            "Bytes received, as the application's protocol sees them (plaintext over TLS)",
+        )
         m.create_observable_counter(
-            "transport.sent", [self._observe("tx")], "By",
-            "Bytes sent, as the application's protocol wrote them (sendfile included)")
+            "transport.sent",
+            [self._observe("tx")],
+            "By",
+            "Bytes sent, as the application's protocol wrote them (sendfile included)",
+        )
         m.create_observable_up_down_counter(
-            "transport.reading.paused", [self._observe("read_paused_now")], "{connection}",
-            "Connections whose reading is paused now")
+            "transport.reading.paused",
+            [self._observe("read_paused_now")],
+            "{connection}",
+            "Connections whose reading is paused now",
+        )
         m.create_observable_up_down_counter(
-            "transport.writing.paused", [self._observe("write_paused_now")], "{connection}",
-            "Connections whose writing is paused now (write backpressure)")
+            "transport.writing.paused",
+            [self._observe("write_paused_now")],
+            "{connection}",
+            "Connections whose writing is paused now (write backpressure)",
+        )
         m.create_observable_gauge(
-            "transport.write_buffer.size", [self._observe_write_buffer], "By",
-            "Bytes buffered for sending, summed over open connections")
+            "transport.write_buffer.size",
+            [self._observe_write_buffer],
+            "By",
+            "Bytes buffered for sending, summed over open connections",
+        )
         # Histograms are aggregated here, on the loop (see _histogram); the API
         # instruments receive the values too until a reader takes the
         # aggregates directly (traced_transport.exporters.histograms.attach).
         self.histograms: dict[str, HistogramAggregate] = {}
         self._duration = self._histogram(
-            m, "transport.connection.duration", "Connection duration, recorded at close", DURATION_BUCKETS)
+            m, "transport.connection.duration", "Connection duration, recorded at close", DURATION_BUCKETS
+        )
         self._read_pause = self._histogram(
-            m, "transport.reading.pause.duration", "Length of each completed reading pause", PAUSE_BUCKETS)
+            m, "transport.reading.pause.duration", "Length of each completed reading pause", PAUSE_BUCKETS
+        )
         self._write_pause = self._histogram(
-            m, "transport.writing.pause.duration", "Length of each completed writing pause", PAUSE_BUCKETS)
+            m, "transport.writing.pause.duration", "Length of each completed writing pause", PAUSE_BUCKETS
+        )
         self._handshake = self._histogram(
-            m, "transport.tls.handshake.duration", "TLS handshake duration, where the library sees it",
-            HANDSHAKE_BUCKETS)
+            m,
+            "transport.tls.handshake.duration",
+            "TLS handshake duration, where the library sees it",
+            HANDSHAKE_BUCKETS,
+        )
 
     def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
@@ -167,8 +191,13 @@ class Telemetry:
         span_name = self._span_names[name] = f"{name} connection"
         return span_name
 
-    def attributes(self, key: ConnKey, error_type: Optional[str] = None, cipher: Optional[str] = None,
-                   tls_version: Optional[str] = None) -> dict:
+    def attributes(
+        self,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> dict:
         return self._attributes_for((key, error_type, cipher, tls_version))
 
     def _attributes_for(self, cache_key: tuple) -> dict:
@@ -192,8 +221,15 @@ class Telemetry:
             self._cached = (now, totals)
             return totals
 
-    def _record(self, histogram: tuple, value: float, key: ConnKey, error_type: Optional[str] = None,
-                cipher: Optional[str] = None, tls_version: Optional[str] = None) -> None:
+    def _record(
+        self,
+        histogram: tuple,
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None:
         cache_key = (key, error_type, cipher, tls_version)
         attributes = self._attributes_for(cache_key)
         instrument, aggregate = histogram
@@ -374,8 +410,16 @@ class Telemetry:
         }
         access_logger.info(
             "%s %s peer=%s local=%s duration=%.6fs rx=%d tx=%d tls=%s/%s end=%s",
-            fields["name"], fields["side"], fields["peer"], fields["local"], duration,
-            rec.rx, rec.tx, fields["tls_version"], fields["tls_cipher"], rec.close_reason,
+            fields["name"],
+            fields["side"],
+            fields["peer"],
+            fields["local"],
+            duration,
+            rec.rx,
+            rec.tx,
+            fields["tls_version"],
+            fields["tls_cipher"],
+            rec.close_reason,
             extra={"transport": fields},
         )
 
