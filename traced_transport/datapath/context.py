@@ -33,7 +33,7 @@ _APP_CALLBACKS = (
 _variants: dict[type, type] = {}
 
 
-def _in_span_context(method: Callable) -> Callable:
+def _in_span_context(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def run(self: Any, *args: Any) -> Any:
         ctx = getattr(self._rec.state, "context", None)

@@ -8,6 +8,7 @@ other libraries may raise, return None, or return odd types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..report import report
@@ -23,7 +24,7 @@ def _get(transport: Any, name: str) -> Any:
         return None
 
 
-def snapshot_extra(transport: Any) -> dict:
+def snapshot_extra(transport: Any) -> dict[str, Any]:
     """peername, sockname, cipher, tls_version, alpn, compression, peercert, peercert_der."""
     out: dict[str, Any] = {}
     for name in _SIMPLE:
@@ -35,7 +36,7 @@ def snapshot_extra(transport: Any) -> dict:
         return out
     # From the SSL object directly when we have it: one place for every field,
     # and the DER certificate, which get_extra_info does not give.
-    for key, call in (
+    calls: tuple[tuple[str, Callable[[], Any]], ...] = (
         ("cipher", lambda: ssl_object.cipher()),
         ("tls_version", lambda: ssl_object.version()),
         ("alpn", lambda: ssl_object.selected_alpn_protocol()),
@@ -44,7 +45,8 @@ def snapshot_extra(transport: Any) -> dict:
         ("peercert_der", lambda: ssl_object.getpeercert(binary_form=True)),
         ("session_reused", lambda: ssl_object.session_reused),
         ("server_side", lambda: ssl_object.server_side),
-    ):
+    )
+    for key, call in calls:
         try:
             value = call()
         except Exception as exc:  # noqa: BLE001

@@ -63,7 +63,7 @@ class TracedHTTP:
             )
         return factory(*args, **kwargs)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "name": self.name,

@@ -20,7 +20,7 @@ from ..loops.instrument import tracing
 __all__ = ["serve", "unix_serve", "connect"]
 
 
-def _scoped(server: Any, kwargs: dict) -> Any:
+def _scoped(server: Any, kwargs: dict[str, Any]) -> Any:
     create_server = server.create_server
 
     async def traced_create_server() -> Any:

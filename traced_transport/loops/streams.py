@@ -17,8 +17,10 @@ from .factory import traced
 _LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 
 
-def _reader_protocol_factory(loop, limit, client_connected_cb=None):
-    def factory():
+def _reader_protocol_factory(
+    loop: asyncio.AbstractEventLoop, limit: int, client_connected_cb: Optional[Callable[..., Any]] = None
+) -> Callable[[], asyncio.StreamReaderProtocol]:
+    def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
@@ -26,7 +28,7 @@ def _reader_protocol_factory(loop, limit, client_connected_cb=None):
 
 
 async def start_server(
-    client_connected_cb: Callable,
+    client_connected_cb: Callable[..., Any],
     host: Any = None,
     port: Any = None,
     *,
@@ -49,7 +51,7 @@ async def start_server(
 
 
 async def start_unix_server(
-    client_connected_cb: Callable,
+    client_connected_cb: Callable[..., Any],
     path: Any = None,
     *,
     name: str = "streams",
@@ -72,12 +74,12 @@ async def start_unix_server(
 
 async def _open(
     connect: str,
-    args: tuple,
+    args: tuple[Any, ...],
     name: str,
     limit: int,
     registry: Optional[Registry],
     observer: Optional[Observer],
-    kwds: dict,
+    kwds: dict[str, Any],
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     # asyncio.open_connection's own steps, with the factory traced.
     loop = asyncio.get_running_loop()

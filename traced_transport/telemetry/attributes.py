@@ -71,7 +71,7 @@ def metric_attributes(
     return attrs
 
 
-def _address(value: Any, prefix: str, out: dict) -> None:
+def _address(value: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(value, tuple) and len(value) >= 2:
         out[f"{prefix}.address"] = str(value[0])
         if isinstance(value[1], int):
@@ -109,7 +109,7 @@ def _not_after(text: Any) -> Optional[str]:
         return None
 
 
-def span_attributes(key: ConnKey, extra: dict, *, certificate_subjects: bool = True) -> dict[str, Any]:
+def span_attributes(key: ConnKey, extra: dict[str, Any], *, certificate_subjects: bool = True) -> dict[str, Any]:
     attrs: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
     if key.network_transport:
         attrs["network.transport"] = key.network_transport
@@ -123,7 +123,7 @@ def span_attributes(key: ConnKey, extra: dict, *, certificate_subjects: bool = T
     return attrs
 
 
-def tls_attributes(extra: dict, *, certificate_subjects: bool = True) -> dict[str, Any]:
+def tls_attributes(extra: dict[str, Any], *, certificate_subjects: bool = True) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     version = extra.get("tls_version")
     if not isinstance(version, str):
