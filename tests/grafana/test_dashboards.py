@@ -78,8 +78,8 @@ def test_provisioning_points_at_the_dashboards():
     (provider,) = prov["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards/traced-transport"
-    readme = (GRAFANA.parent / "README.md").read_text()
-    # the README's docker run mounts exactly these paths
+    readme = (GRAFANA.parent / "docs" / "grafana.md").read_text()
+    # the documented docker run mounts exactly these paths
     assert "grafana/dashboards:/var/lib/grafana/dashboards/traced-transport" in readme
     assert "grafana/provisioning:/etc/grafana/provisioning" in readme
 
