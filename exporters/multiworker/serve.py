@@ -10,10 +10,7 @@ from ..options import EndpointOptions
 from ..prometheus import ScrapeEndpoint
 from .collector import AggregatingCollector
 
-_DEFAULT = EndpointOptions()
 
-
-# -- serving -----------------------------------------------------------------------------------
 class Aggregator:
     """What :func:`serve` started: ``collector``, ``registry``, ``endpoint`` (``.url``, ``.port``); ``close()``."""
 
@@ -46,8 +43,8 @@ class Aggregator:
 
 def serve(
     directory: str,
-    host: str = "127.0.0.1",
-    port: int = 9464,
+    host: Optional[str] = None,
+    port: Optional[int] = None,
     *,
     scope_labels: bool = False,
     target_info: bool = True,
@@ -55,13 +52,14 @@ def serve(
     options: Optional[EndpointOptions] = None,
     **endpoint_kwargs: Any,
 ) -> Aggregator:
-    """Serve the sum of the workers writing to ``directory`` on ``http://{host}:{port}/metrics``.
+    """Serve the sum of the workers writing to ``directory`` on a scrape endpoint.
 
     A fresh ``CollectorRegistry`` holds only the :class:`AggregatingCollector`.
     The endpoint's options are ``options`` (an
-    :class:`~traced_transport.exporters.options.EndpointOptions`) with ``host``, ``port``
-    and ``endpoint_kwargs`` (its other fields: ``path``, ``certfile``, ``basic_auth``, ...)
-    applied over it when given. ``port=0`` picks a free port (``.port``).
+    :class:`~traced_transport.exporters.options.EndpointOptions`; loopback, port 9464
+    by default) with ``host``, ``port`` and ``endpoint_kwargs`` (its other fields:
+    ``path``, ``certfile``, ``basic_auth``, ...) applied over it when given.
+    ``port=0`` picks a free port (``.port``).
     """
     from prometheus_client import CollectorRegistry
 
@@ -70,9 +68,9 @@ def serve(
     registry = CollectorRegistry()
     registry.register(collector)
     changes = dict(endpoint_kwargs)
-    if options is None or host != _DEFAULT.host:
+    if host is not None:
         changes["host"] = host
-    if options is None or port != _DEFAULT.port:
+    if port is not None:
         changes["port"] = port
     endpoint = ScrapeEndpoint(registry, options, **changes).start()
     return Aggregator(collector, registry, endpoint)
