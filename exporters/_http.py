@@ -36,6 +36,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
 
+from traced_transport.report import RateLimitedLog
+
 logger = logging.getLogger("traced_transport.exporters.http")
 
 MAX_REQUEST_LINE = 8 * 1024
@@ -44,39 +46,7 @@ LINGER_S = 1.0
 LINGER_BYTES = 1 << 20
 
 
-class RateLimitedLog:
-    """Log a failure at most once per ``interval`` seconds per site; count the rest."""
-
-    def __init__(self, log: logging.Logger, interval: float = 60.0) -> None:
-        self.log = log
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, site: str, msg: str, *args: Any, exc_info: Any = None, level: int = logging.WARNING) -> None:
-        try:
-            now = time.monotonic()
-            with self._lock:
-                last = self._last.get(site)
-                if last is not None and now - last < self.interval:
-                    self._suppressed[site] = self._suppressed.get(site, 0) + 1
-                    return
-                self._last[site] = now
-                dropped = self._suppressed.pop(site, 0)
-            if dropped:
-                msg += f" ({dropped} similar messages suppressed)"
-            self.log.log(level, msg, *args, exc_info=exc_info)
-        except Exception:  # noqa: BLE001 - logging must not break the server
-            pass
-
-    def reset(self) -> None:
-        with self._lock:
-            self._last.clear()
-            self._suppressed.clear()
-
-
-rate_limited = RateLimitedLog(logger)
+rate_limited = RateLimitedLog(logger)  # the shared one (traced_transport.report)
 
 
 class _DeadlineReader(io.RawIOBase):

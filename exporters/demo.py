@@ -24,6 +24,8 @@ from typing import Any, Optional
 
 import traced_transport as tt
 
+from . import demo_view
+
 NAMES = ("echo", "tls-echo", "http", "echo-client", "tls-client", "http-client")
 
 
@@ -212,21 +214,39 @@ async def _read_http_response(reader: asyncio.StreamReader) -> None:
     await reader.readexactly(length)
 
 
-def summary_line(started: float) -> str:
-    parts = [f"{time.monotonic() - started:6.0f}s"]
-    for name in NAMES:
-        t = tt.default_registry.totals(name)
-        paused = t.read_pauses + t.write_pauses
-        parts.append(f"{name}: {t.opened} conns ({t.active} open) {_si(t.rx)}B in {_si(t.tx)}B out {paused} pauses")
-    return " | ".join(parts)
+class Summary:
+    """The live table on a terminal (``rich``); plain lines when stdout is not one, or with ``--plain``."""
 
+    def __init__(self, started: float, metrics_url: Optional[str], live: bool) -> None:
+        self.started = started
+        self.metrics_url = metrics_url
+        self._live: Any = None
+        if live:
+            from rich.console import Console
+            from rich.live import Live
 
-def _si(n: float) -> str:
-    for unit in ("", "k", "M", "G", "T"):
-        if abs(n) < 1000:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}P"
+            self._live = Live(self._table(), console=Console(), auto_refresh=False, transient=False)
+            self._live.start()
+
+    def _rows(self) -> list:
+        return demo_view.rows(tt.default_registry, NAMES)
+
+    def _table(self, final: bool = False) -> Any:
+        elapsed = time.monotonic() - self.started
+        return demo_view.rich_table(self._rows(), elapsed, self.metrics_url, final=final)
+
+    def update(self) -> None:
+        if self._live is not None:
+            self._live.update(self._table(), refresh=True)
+        else:
+            print("\n".join(demo_view.plain(self._rows(), time.monotonic() - self.started)), flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.update(self._table(final=True), refresh=True)
+            self._live.stop()
+        else:
+            print("\n".join(demo_view.plain(self._rows(), time.monotonic() - self.started, final=True)), flush=True)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -264,6 +284,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"  loop      {type(loop).__module__}.{type(loop).__name__}; Ctrl-C stops", flush=True)
     load = Load(args.host, ends, client_ctx, args.concurrency, args.seed, client_ctx_tls12)
     load_task = asyncio.create_task(load.run()) if args.concurrency > 0 else None
+    summary = Summary(started, ends.metrics_url, live=sys.stdout.isatty() and not args.plain)
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -276,7 +297,7 @@ async def run(args: argparse.Namespace) -> int:
                 timeout = min(timeout, max(deadline - time.monotonic(), 0))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout)
-            print(summary_line(started), flush=True)
+            summary.update()
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
@@ -286,7 +307,7 @@ async def run(args: argparse.Namespace) -> int:
         for server in (echo, tls, http):
             server.close()
         await runner.cleanup()
-        print("final: " + summary_line(started), flush=True)
+        summary.close()
         setup.shutdown()
     return 0
 
@@ -316,7 +337,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration", type=float, default=0, help="seconds to run; 0 runs until Ctrl-C (default: %(default)s)"
     )
     parser.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between summary lines (default: %(default)s)"
+        "--interval", type=float, default=2.0, help="seconds between summary updates (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="plain summary lines even on a terminal (default: a live table there)"
     )
     parser.add_argument(
         "--loop",

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from ._http import RateLimitedLog
+from traced_transport.report import RateLimitedLog
 
 _log = RateLimitedLog(logging.getLogger("traced_transport.exporters.histograms"))
 

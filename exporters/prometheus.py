@@ -13,28 +13,28 @@ unless asked. ``traced_transport.exporters.sdk.setup()`` puts the two together.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
-import hmac
 import inspect
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ._http import Handler, Response, Server, rate_limited
+from ._http import Handler, Response, Server
+from .exposition import BasicAuth, Request, exposition, gzip_accepted, scrape
+from .options import EndpointOptions
 
-__all__ = ["ScrapeEndpoint", "ReaderCollector", "prometheus_reader", "exposition"]
+__all__ = ["EndpointOptions", "ScrapeEndpoint", "ReaderCollector", "prometheus_reader", "exposition", "gzip_accepted"]
 
 logger = logging.getLogger("traced_transport.exporters.prometheus")
 
 SCOPE_LABEL_PREFIX = "otel_scope_"
-_PLAIN = "text/plain; version=0.0.4; charset=utf-8"
+
+# A route answers one path of the endpoint: Request in, Response out (after basic auth).
+Route = Callable[[Request], Response]
 
 
 # -- the collector between the OTel reader and the registry ---------------------------------
@@ -125,56 +125,6 @@ def prometheus_reader(registry: Any, *, scope_labels: bool = False) -> tuple[Any
     return reader, collector
 
 
-# -- exposition ------------------------------------------------------------------------------
-def _choose_encoder(accept: str) -> tuple[Any, str]:
-    from prometheus_client.exposition import choose_encoder, generate_latest
-
-    try:
-        return choose_encoder(accept)
-    except Exception:  # noqa: BLE001 - a malformed Accept header gets the classic text format
-        return generate_latest, _PLAIN
-
-
-def gzip_accepted(accept_encoding: str) -> bool:
-    for part in (accept_encoding or "").split(","):
-        token, _, params = part.strip().partition(";")
-        if token.strip().lower() not in ("gzip", "x-gzip"):
-            continue
-        q = 1.0
-        for p in params.split(";"):
-            k, _, v = p.strip().partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        return q > 0
-    return False
-
-
-def exposition(
-    registry: Any, accept: Optional[str] = None, accept_encoding: Optional[str] = None
-) -> tuple[int, list[tuple[str, str]], bytes]:
-    """``(status, headers, body)`` of a scrape of ``registry``, content-negotiated as prometheus_client does.
-
-    OpenMetrics when ``accept`` asks for ``application/openmetrics-text``, the
-    Prometheus text format otherwise; gzip when ``accept_encoding`` allows it.
-    A collector that raises gives ``500`` with a short body (and a rate-limited
-    log record), never a traceback.
-    """
-    encoder, content_type = _choose_encoder(accept or "")
-    try:
-        body = encoder(registry)
-    except Exception as exc:  # noqa: BLE001
-        rate_limited("collect", "scrape endpoint: collection failed: %r", exc, exc_info=exc)
-        return 500, [], b"500 Internal Server Error: collection failed\n"
-    headers = [("Content-Type", content_type), ("Cache-Control", "no-store"), ("Vary", "Accept, Accept-Encoding")]
-    if gzip_accepted(accept_encoding or ""):
-        body = gzip.compress(body, compresslevel=6)
-        headers.append(("Content-Encoding", "gzip"))
-    return 200, headers, body
-
-
 # -- the endpoint --------------------------------------------------------------------------------
 def _family(host: str) -> int:
     try:
@@ -197,9 +147,11 @@ def _is_loopback(host: str) -> bool:
 class ScrapeEndpoint:
     """A Prometheus scrape endpoint for ``registry`` (a ``prometheus_client`` ``CollectorRegistry``).
 
-    Serves ``GET``/``HEAD`` of ``path`` from its own daemon threads. Binds
-    loopback unless ``host`` says otherwise; ``port=0`` picks a free port
-    (``.port`` and ``.url`` after ``start()``).
+    Serves ``GET``/``HEAD`` of ``path`` from its own daemon threads. The options are
+    the fields of :class:`~traced_transport.exporters.options.EndpointOptions`, given as
+    ``options=`` or as keywords (``ScrapeEndpoint(registry, port=0, basic_auth=("u", "p"))``):
+    loopback unless ``host`` says otherwise; ``port=0`` picks a free port (``.port``
+    and ``.url`` after ``start()``).
 
     - ``certfile``/``keyfile``: serve HTTPS (TLS 1.2+). ``client_cafile``: require
       a client certificate signed by one of these CAs.
@@ -212,48 +164,32 @@ class ScrapeEndpoint:
       handshake, the whole request head, an idle keep-alive connection and
       the sending of a response.
 
+    The answer is the one of :func:`traced_transport.exporters.exposition.scrape`,
+    which the mountable apps (``traced_transport.exporters.mount``) give too: gzip
+    when the scraper accepts it, OpenMetrics when it asks for it.
+
+    ``routes`` maps a path to a :data:`Route` (``Request -> Response``); basic auth
+    applies to every route. Another path is added with ``endpoint.routes["/x"] = fn``
+    (before or after ``start()``).
+
     ``start()`` raises ``OSError`` at once when the address cannot be bound.
     """
 
-    def __init__(
-        self,
-        registry: Any,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 9464,
-        path: str = "/metrics",
-        certfile: Optional[str] = None,
-        keyfile: Optional[str] = None,
-        client_cafile: Optional[str] = None,
-        basic_auth: Optional[tuple[str, str]] = None,
-        max_connections: int = 16,
-        timeout: float = 10.0,
-    ) -> None:
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
-        if keyfile is not None and certfile is None:
-            raise ValueError("keyfile without certfile")
-        if client_cafile is not None and certfile is None:
-            raise ValueError("client_cafile (client certificates) needs TLS: pass certfile too")
-        if basic_auth is not None:
-            user, password = basic_auth
-            if ":" in user:
-                raise ValueError("a basic-auth user name cannot contain ':'")
-            self._auth: Optional[tuple[bytes, bytes]] = (user.encode("utf-8"), password.encode("utf-8"))
-        else:
-            self._auth = None
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+    def __init__(self, registry: Any, options: Optional[EndpointOptions] = None, **changes: Any) -> None:
+        opts = (options or EndpointOptions()).with_(**changes)
+        self.options = opts
+        self._auth = BasicAuth.of(opts.basic_auth)
         self.registry = registry
-        self.host = host
-        self.path = path
-        self.certfile = certfile
-        self.keyfile = keyfile
-        self.client_cafile = client_cafile
-        self.max_connections = max_connections
-        self.timeout = timeout
-        self._requested_port = port
+        self.host = opts.host
+        self.path = opts.path
+        self.certfile = opts.certfile
+        self.keyfile = opts.keyfile
+        self.client_cafile = opts.client_cafile
+        self.max_connections = opts.max_connections
+        self.timeout = opts.timeout
+        self._requested_port = opts.port
         self.port: Optional[int] = None
+        self.routes: dict[str, Route] = {opts.path: self._metrics}
         self._server: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
         self._state_lock = threading.Lock()
@@ -345,39 +281,21 @@ class ScrapeEndpoint:
         return f"{scheme}://{host}:{self.port}{self.path}"
 
     # -- requests ---------------------------------------------------------------
-    def _authorized(self, header: Optional[str]) -> bool:
-        assert self._auth is not None
-        scheme, _, value = (header or "").strip().partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        user, sep, password = decoded.partition(b":")
-        want_user, want_password = self._auth
-        # Both compared, always, in constant time: no early exit telling which one was wrong.
-        ok_user = hmac.compare_digest(user, want_user)
-        ok_password = hmac.compare_digest(password, want_password)
-        return bool(sep) & ok_user & ok_password
-
     def _app(self, handler: Handler) -> Response:
-        if self._auth is not None and not self._authorized(handler.headers.get("Authorization")):
-            return Response(
-                401, [("WWW-Authenticate", 'Basic realm="metrics", charset="UTF-8"')], b"401 Unauthorized\n"
-            )
+        if self._auth is not None and not self._auth.check(handler.headers.get("Authorization")):
+            return self._auth.challenge()
         try:
-            path = urlsplit(handler.path).path
+            parts = urlsplit(handler.path)
         except ValueError:
             return Response(400, [], b"400 Bad Request\n")
-        if path != self.path:
+        request = Request(handler.command, parts.path, parts.query, handler.headers.get)
+        route = self.routes.get(request.path)
+        if route is None:
             return Response(404, [], b"404 Not Found\n")
-        if handler.command not in ("GET", "HEAD"):
-            return Response(405, [("Allow", "GET, HEAD")], b"405 Method Not Allowed\n")
-        status, headers, body = exposition(
-            self.registry, handler.headers.get("Accept"), handler.headers.get("Accept-Encoding")
-        )
-        return Response(status, headers, body)
+        return route(request)
+
+    def _metrics(self, request: Request) -> Response:
+        return scrape(self.registry, request)
 
     def render(self, accept: Optional[str] = None, accept_encoding: Optional[str] = None) -> tuple[int, list, bytes]:
         """What a ``GET`` would answer, without HTTP (benchmarks, tests)."""

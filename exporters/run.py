@@ -21,23 +21,15 @@ import sys
 import tempfile
 from typing import Any
 
+from . import options
+
 _SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
 _ENV_DIR = "TRACED_TRANSPORT_RUN_DIR"
 _ENV_OPTIONS = "TRACED_TRANSPORT_RUN_OPTIONS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        help="address of the scrape endpoint (default: %(default)s; anything else must be asked for)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=9464,
-        help="port of the scrape endpoint; 0 picks a free one (default: %(default)s)",
-    )
+    options.add_arguments(parser)
     parser.add_argument(
         "--server-name", default="server", help="transport.name of server connections (default: %(default)s)"
     )
@@ -51,29 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="seconds between each process's writes of its counts (default: %(default)s)",
     )
-    parser.add_argument("--certfile", help="serve the endpoint over TLS with this certificate (PEM)")
-    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
-    parser.add_argument("--client-cafile", help="require client certificates signed by this CA")
-    parser.add_argument(
-        "--basic-auth",
-        metavar="USER:PASSWORD",
-        help="require HTTP basic auth on the endpoint (or set TRACED_TRANSPORT_BASIC_AUTH)",
-    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
-
-
-def _endpoint_options(args: argparse.Namespace) -> dict:
-    options: dict[str, Any] = {}
-    if args.certfile:
-        options["certfile"] = args.certfile
-        options["keyfile"] = args.keyfile
-    if args.client_cafile:
-        options["client_cafile"] = args.client_cafile
-    auth = args.basic_auth or os.environ.get("TRACED_TRANSPORT_BASIC_AUTH")
-    if auth:
-        user, _, password = auth.partition(":")
-        options["basic_auth"] = (user, password)
-    return options
 
 
 def main(args: argparse.Namespace) -> int:
@@ -87,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     directory = multiworker.prepare_directory(tempfile.mkdtemp(prefix="traced-transport-"))
     try:
-        aggregator = multiworker.serve(directory, args.metrics_host, args.metrics_port, **_endpoint_options(args))
+        aggregator = multiworker.serve(directory, options=options.EndpointOptions.from_args(args))
     except OSError as exc:
         print(
             f"traced-transport run: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",

@@ -46,6 +46,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from .options import EndpointOptions
 from .prometheus import ScrapeEndpoint, prometheus_reader
 
 __all__ = ["Setup", "setup"]
@@ -250,7 +251,7 @@ def setup(
     service_name: Optional[str] = None,
     metrics: bool = True,
     traces: bool = True,
-    endpoint: bool = True,
+    endpoint: bool | EndpointOptions = True,
     metrics_host: str = "127.0.0.1",
     metrics_port: int = 9464,
     certfile: Optional[str] = None,
@@ -263,6 +264,12 @@ def setup(
     set_global: bool = True,
 ) -> Setup:
     """Build the providers, start the scrape endpoint, make them global; see the module docstring.
+
+    ``endpoint`` is True (serve with ``metrics_host``, ``metrics_port``, ``certfile``,
+    ``keyfile``, ``client_cafile`` and ``basic_auth``, shorthands for the fields of
+    :class:`~traced_transport.exporters.options.EndpointOptions`), an ``EndpointOptions``
+    (every option; the shorthands are then ignored), or False (no endpoint: serve
+    ``Setup.prometheus_registry`` yourself, e.g. with ``traced_transport.exporters.mount``).
 
     Raises ``OSError`` when the endpoint cannot listen (port taken): then
     nothing is left running and no global provider is set.
@@ -288,15 +295,18 @@ def setup(
             for p in otlp_processors:
                 tracer_provider.add_span_processor(p)
         if endpoint and prom_registry is not None:
-            scrape = ScrapeEndpoint(
-                prom_registry,
-                host=metrics_host,
-                port=metrics_port,
-                certfile=certfile,
-                keyfile=keyfile,
-                client_cafile=client_cafile,
-                basic_auth=basic_auth,
-            ).start()
+            if isinstance(endpoint, EndpointOptions):
+                options = endpoint
+            else:
+                options = EndpointOptions(
+                    host=metrics_host,
+                    port=metrics_port,
+                    certfile=certfile,
+                    keyfile=keyfile,
+                    client_cafile=client_cafile,
+                    basic_auth=basic_auth,
+                )
+            scrape = ScrapeEndpoint(prom_registry, options).start()
     except BaseException:
         if tracer_provider is not None:
             _quietly("tracer provider shutdown", tracer_provider.shutdown)

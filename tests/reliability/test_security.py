@@ -3,6 +3,7 @@ certificate subject or other client-controlled string (SNI, payload) ever become
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import http.client
@@ -20,7 +21,8 @@ pytest.importorskip("prometheus_client")
 from _echo import Echo
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-from traced_transport.exporters import sdk
+from traced_transport.exporters import options, sdk
+from traced_transport.exporters.options import EndpointOptions
 from traced_transport.exporters.prometheus import ScrapeEndpoint
 
 import traced_transport as tt
@@ -41,8 +43,17 @@ SUBJECTS = ["alice-7f3a@example.org", "bob-19c2@example.org", "carol-55e1@exampl
 SNI = "sni-user-controlled.example"
 
 
+def _parsed(argv: list) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def test_loopback_by_default():
-    assert inspect.signature(ScrapeEndpoint).parameters["host"].default == "127.0.0.1"
+    # The endpoint's options are defined once, in EndpointOptions; ScrapeEndpoint takes them.
+    assert EndpointOptions().host == "127.0.0.1"
+    assert ScrapeEndpoint(CollectorRegistry()).host == "127.0.0.1"
+    assert EndpointOptions.from_args(_parsed([])).host == "127.0.0.1"
     assert inspect.signature(sdk.setup).parameters["metrics_host"].default == "127.0.0.1"
     s = sdk.setup(metrics_port=0, set_global=False, otlp=False)
     try:

@@ -26,10 +26,11 @@ mentions.
 No ``__getattr__``: on CPython 3.10/3.11 a class with ``__getattr__`` gets no
 specialised attribute access at all (every ``proxy.write`` lookup, and every
 ``self._transport``/``self._rec`` inside it, went through
-``slot_tp_getattr_hook``), which cost a 64-byte echo round trip ~1,100
-instructions (bench/echo.py: +3,069 -> +1,936 on uvloop, +3,051 -> +1,918 on
-asyncio). A real class with its own ``__getattr__`` or ``__getattribute__``
-(another proxy, say) still gets a ``__getattr__`` proxy.
+``slot_tp_getattr_hook``), which made the proxy cost more than the forwarding
+it does; ``bench/echo_callgrind.py`` shows the difference with its
+``reference`` and ``reference_getattr`` modes. A real class with its own
+``__getattr__`` or ``__getattribute__`` (another proxy, say) still gets a
+``__getattr__`` proxy.
 """
 
 from __future__ import annotations
@@ -364,21 +365,50 @@ def _attribute_names(inner_cls: type) -> set:
 
 
 def proxy_class_for(inner_cls: type) -> type:
+    """The proxy class for transports of class ``inner_cls``, built on first use and cached.
+
+    The app must not be able to tell a proxy from the real transport, and the
+    proxy must cost no more than an explicit forwarding method per call. So the
+    class is built from what ``inner_cls`` has, in this order (the first step
+    that defines a name wins: each later step skips names already in ``ns``):
+
+    1. the counting methods (``write``, ``pause_reading``, ``close``...), only
+       those ``inner_cls`` has, so ``hasattr(proxy, "sendto")`` answers as the
+       real transport would;
+    2. plain forwarders for the rest of the public transport API it has;
+    3. forwarders for every method of the asyncio ABCs it derives from: those
+       become the proxy's bases too (for ``isinstance``), and their methods,
+       inherited as is, would act on the proxy's own empty state;
+    4. unless ``inner_cls`` resolves names itself (``__getattr__`` or its own
+       ``__getattribute__``: then the proxy falls back to ``__getattr__``), a
+       forwarder for every other name: its attributes, and the private names
+       its methods' code mentions, which finds the instance attributes asyncio
+       and the loops reach for (``_sock``, ``_protocol_paused``...).
+
+    The class gets only the proxy's own slots (no ``__dict__``: every other
+    attribute write goes to the real transport), the ABC bases after the
+    forwarding base (so its ``__setattr__``/``__getattr__`` come first in the
+    MRO), and a name containing the real class's (CPython's tests check that an
+    SSL transport's class name contains "ssl").
+    """
     cls = _classes.get(inner_cls)
     if cls is not None:
         return cls
     bases = _bases_for(inner_cls)
+    # The proxy's own state; __weakref__ because a real transport can be weakly referenced, so the proxy must be too.
     slots = ["_transport", "_wrapper", "_rec", "__weakref__"]
     ns: dict[str, Any] = {"__module__": __name__, "__doc__": f"Traced proxy over {inner_cls.__qualname__}."}
     if hasattr(inner_cls, "get_pipe_transport"):
-        slots.append("_pipes")
+        slots.append("_pipes")  # subprocess transports: one proxy per pipe, handed out again on each call
+    # 1. Counting methods, each only where the real class has it.
     for name, fn in _COUNTING.items():
         if hasattr(inner_cls, name):
             ns[name] = fn
+    # 2. The rest of the public API, forwarded as is.
     for name in _PLAIN:
         if hasattr(inner_cls, name):
             ns[name] = _forward(name)
-    # Methods the ABC bases define (e.g. _FlowControlMixin's private helpers)
+    # 3. Methods the ABC bases define (e.g. _FlowControlMixin's private helpers)
     # would act on the proxy's own unset state: forward them too.
     for base in bases:
         for klass in base.__mro__:
@@ -388,6 +418,9 @@ def proxy_class_for(inner_cls: type) -> type:
                 if name.startswith("__") or name in ns or not callable(value):
                     continue
                 ns[name] = _forward(name)
+    # 4. Everything else. A class that answers unknown names itself cannot be
+    # listed in advance: its proxy asks it at each lookup (__getattr__), slower
+    # but exact. Otherwise every name is forwarded explicitly.
     if _resolves_names_itself(inner_cls):
         base = _ForwardUnknown
     else:
@@ -407,6 +440,7 @@ def proxy_class_for(inner_cls: type) -> type:
             else:
                 ns[name] = _forward_attribute(name)
     ns["__slots__"] = tuple(slots)
+    # The forwarding base first, so its __setattr__/__getattr__ come before anything the ABCs define.
     cls = type(f"Traced{inner_cls.__name__}", (base, *bases), ns)
     _classes[inner_cls] = cls
     return cls

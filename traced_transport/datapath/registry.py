@@ -90,8 +90,8 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Live records form a doubly linked list through their _prev/_next
-        # slots: 16 bytes per connection, where a set took 27 to 107
-        # depending on how full its table was.
+        # slots: two pointers per connection, where a set's hash table took
+        # several times that, and a varying amount as it filled and resized.
         self._head = _Head()
         self._head._prev = self._head._next = self._head
         self._closed: dict[ConnKey, Totals] = {}
