@@ -228,6 +228,7 @@ class ScrapeEndpoint:
         basic_auth: Optional[tuple[str, str]] = None,
         max_connections: int = 16,
         timeout: float = 10.0,
+        connections: Any = None,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', got {path!r}")
@@ -247,6 +248,13 @@ class ScrapeEndpoint:
         self.registry = registry
         self.host = host
         self.path = path
+        # /connections (exporters/connections_page.py): off unless asked for, and guarded off loopback.
+        self.connections: Any = None
+        if connections:
+            from . import connections_page
+
+            connections_page.check_exposure(host, basic_auth=basic_auth, client_cafile=client_cafile)
+            self.connections = connections_page.source_for(connections)
         self.certfile = certfile
         self.keyfile = keyfile
         self.client_cafile = client_cafile
@@ -370,6 +378,10 @@ class ScrapeEndpoint:
             path = urlsplit(handler.path).path
         except ValueError:
             return Response(400, [], b"400 Bad Request\n")
+        if path == "/connections" and self.connections is not None and path != self.path:
+            from .connections_page import respond
+
+            return Response(*respond(self.connections, handler.path, handler.headers.get("Accept"), handler.command))
         if path != self.path:
             return Response(404, [], b"404 Not Found\n")
         if handler.command not in ("GET", "HEAD"):

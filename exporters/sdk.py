@@ -261,11 +261,13 @@ def setup(
     otlp: Optional[bool] = None,
     resource_attributes: Optional[Mapping[str, Any]] = None,
     set_global: bool = True,
+    connections: Any = False,
 ) -> Setup:
     """Build the providers, start the scrape endpoint, make them global; see the module docstring.
 
     Raises ``OSError`` when the endpoint cannot listen (port taken): then
-    nothing is left running and no global provider is set.
+    nothing is left running and no global provider is set. ``connections=True``
+    also serves ``/connections``, the live-connections view (docs/live-view.md).
     """
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
@@ -296,6 +298,7 @@ def setup(
                 keyfile=keyfile,
                 client_cafile=client_cafile,
                 basic_auth=basic_auth,
+                connections=connections,
             ).start()
     except BaseException:
         if tracer_provider is not None:
