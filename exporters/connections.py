@@ -578,3 +578,57 @@ def query(
     if extra:
         doc.update(extra)
     return doc
+
+
+# -- multi-worker: the rows every worker writes into its file -----------------------------------
+# Rows per worker file: a worker with more live connections writes its most telling ones (paused
+# first, then the busiest) and the count of the others, shown as "unreported".
+WORKER_ROWS = 1000
+
+
+class WorkerFilesConnections:
+    """The connections of every live worker of a ``traced-transport run``, from their files.
+
+    Each worker writes its rows on its write cycle (``interval``), next to its
+    metrics; this reads them through the aggregator's collector (same
+    directory, same cache, same notion of a live worker). Rows carry epoch
+    times, so ages and pause lengths are computed at request time.
+    """
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = collector
+        self._unreported = 0
+        self._instances: list[str] = []
+
+    def info(self) -> dict:
+        return {"instances": self._instances, "unreported": self._unreported}
+
+    def conns(self) -> list[Conn]:
+        collector = self.collector
+        names, _retired = collector._listing()
+        out: list[Conn] = []
+        unreported = 0
+        instances = []
+        for name in names:
+            try:
+                doc = collector._load(name)
+            except (OSError, ValueError):
+                continue  # gone (folded into retired.json) or unreadable: no live rows there
+            section = doc.get("connections")
+            if not isinstance(section, dict) or doc.get("final"):
+                continue
+            pid = int(doc.get("pid", 0))
+            if not collector.alive(pid, doc.get("start")):
+                continue
+            instance = f"pid {pid}"
+            instances.append(instance)
+            rows = section.get("rows") or []
+            for row in rows:
+                if isinstance(row, dict):
+                    out.append(Conn.from_dict(row, instance))
+            total = section.get("total")
+            if isinstance(total, int):
+                unreported += max(0, total - len(rows))
+        self._unreported = unreported
+        self._instances = instances
+        return out

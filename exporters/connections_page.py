@@ -17,7 +17,7 @@ import json
 import time
 from importlib import resources
 from typing import Any, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import connections as view
 
@@ -27,7 +27,13 @@ _HTML = "text/html; charset=utf-8"
 _page: Optional[bytes] = None
 
 
-def _is_loopback(host: str) -> bool:
+def url_of(metrics_url: str) -> str:
+    """The ``/connections`` URL of the endpoint serving ``metrics_url``."""
+    parts = urlsplit(metrics_url)
+    return urlunsplit((parts.scheme, parts.netloc, PATH, "", ""))
+
+
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -40,7 +46,7 @@ class ExposureError(ValueError):
 
 def check_exposure(host: str, *, basic_auth: Any, client_cafile: Any) -> None:
     """Refuse the view on a non-loopback address unless basic auth or client certificates guard it."""
-    if _is_loopback(host) or basic_auth or client_cafile:
+    if is_loopback(host) or basic_auth or client_cafile:
         return
     raise ExposureError(
         f"the connections view shows peer addresses and certificate subjects; on {host} (not loopback) it needs "

@@ -286,6 +286,7 @@ class WorkerExporter:
         interval: float = 1.0,
         signals: bool = True,
         signal_timeout: float = 2.0,
+        connections: Any = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -296,6 +297,8 @@ class WorkerExporter:
         self.interval = interval
         self.signals = signals
         self.signal_timeout = signal_timeout
+        # A connections.RegistryConnections when the live view is on: its rows go into the file too.
+        self.connections = connections
         self._lock = threading.Lock()  # one collection + write at a time
         self._wake = threading.Event()
         self._written = threading.Condition()
@@ -396,6 +399,13 @@ class WorkerExporter:
                 "resource": resource,
                 "metrics": metrics,
             }
+            if self.connections is not None and not final:
+                try:
+                    from .connections import WORKER_ROWS
+
+                    doc["connections"] = self.connections.for_file(WORKER_ROWS)
+                except Exception as exc:  # noqa: BLE001 - the metrics are written all the same
+                    _warn_once("connections", "multiworker: cannot list the live connections: %r", exc)
             try:
                 os.makedirs(self.directory, exist_ok=True)
                 _write_json(self.path, doc)
@@ -492,6 +502,7 @@ def start_worker(
     resource: Any = None,
     tracer_provider: Any = None,
     signals: bool = True,
+    connections: bool = False,
     **telemetry_kwargs: Any,
 ) -> WorkerExporter:
     """Start exporting this process's traced_transport metrics to ``directory`` (idempotent per process).
@@ -503,7 +514,8 @@ def start_worker(
     (``spans=False``, ``access_log=True``, ...). Pass ``worker.telemetry`` as
     ``observer=`` to ``traced()`` / ``instrument()``, or call ``worker.instrument(...)``.
     ``signals=False`` leaves signal handling alone (final write at ``atexit`` and
-    :meth:`WorkerExporter.close` only).
+    :meth:`WorkerExporter.close` only). ``connections=True`` also writes the live
+    connections' rows (bounded) for the aggregator's ``/connections`` view.
     """
     global _active
     from opentelemetry.sdk.metrics import MeterProvider
@@ -536,10 +548,17 @@ def start_worker(
             telemetry=telemetry,
             interval=interval,
             signals=signals,
+            connections=_connections_source(telemetry.registry) if connections else None,
         )
         _active = worker
         worker.start()
         return worker
+
+
+def _connections_source(registry: Any) -> Any:
+    from .connections import RegistryConnections
+
+    return RegistryConnections(registry, instance=f"pid {os.getpid()}")
 
 
 # -- aggregation ------------------------------------------------------------------------------
@@ -1038,6 +1057,7 @@ def serve(
     scope_labels: bool = False,
     target_info: bool = True,
     compact: bool = True,
+    connections: bool = False,
     **endpoint_kwargs: Any,
 ) -> Aggregator:
     """Serve the sum of the workers writing to ``directory`` on ``http://{host}:{port}/metrics``.
@@ -1045,6 +1065,8 @@ def serve(
     A fresh ``CollectorRegistry`` holds only the :class:`AggregatingCollector`.
     ``endpoint_kwargs`` go to ``traced_transport.exporters.prometheus.ScrapeEndpoint`` (``path``,
     ``certfile``, ``basic_auth``, ...). ``port=0`` picks a free port (``.port``).
+    ``connections=True`` serves ``/connections`` over the rows the workers write
+    (start them with ``connections=True``).
     """
     from prometheus_client import CollectorRegistry
 
@@ -1052,6 +1074,10 @@ def serve(
     collector = AggregatingCollector(directory, scope_labels=scope_labels, target_info=target_info, compact=compact)
     registry = CollectorRegistry()
     registry.register(collector)
+    if connections:
+        from .connections import WorkerFilesConnections
+
+        endpoint_kwargs["connections"] = WorkerFilesConnections(collector)
     endpoint = _start_endpoint(registry, host, port, **endpoint_kwargs)
     return Aggregator(collector, registry, endpoint)
 
