@@ -1,0 +1,191 @@
+"""/connections: the live view's JSON over real sockets on both loops, its security rules, and that no
+connection's data reaches a metric label."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from _live import LiveServer
+from _util import wait_for
+from prometheus_client import CollectorRegistry
+from traced_transport.exporters import connections as view
+from traced_transport.exporters.connections_page import ExposureError
+from traced_transport.exporters.prometheus import ScrapeEndpoint
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _rows(doc: dict) -> list[dict]:
+    return doc["connections"]
+
+
+def test_json_rows_sort_filter_limit(loop_kind):
+    with LiveServer(loop_kind) as s:
+        small = s.open("small", 100)
+        s.open("big", 5000)
+        s.open("big", 2000)
+        paused = s.open("paused", 10)
+        s.pause(paused)
+        doc = wait_for(lambda: (lambda d: (d["matched"]["reading_paused"] == 1, d))(s.get()), 10, "the pause")
+        # four clients and their four server sides
+        assert doc["total"] == 8 and doc["filtered_out"]["connections"] == 0
+        row = next(r for r in _rows(doc) if r["name"] == "small")
+        assert set(view.FIELDS) <= set(row)
+        assert row["side"] == "client" and row["transport"] == "tcp" and row["rx_bytes"] == row["tx_bytes"] == 100
+        local_port = small.transport.get_extra_info("sockname")[1]
+        assert row["local"] == f"127.0.0.1:{local_port}" and row["peer"] == f"127.0.0.1:{s.port}"
+        assert row["age_s"] >= 0 and row["reading_paused"] is False and row["write_buffer_bytes"] == 0
+        assert row["rx_bytes_per_s"] > 0
+
+        server_paused = next(r for r in _rows(doc) if r["reading_paused"])
+        assert server_paused["name"] == "echo" and server_paused["read_pauses"] == 1
+        assert server_paused["reading_paused_for_s"] >= 0 and server_paused["reading_paused_since"] is not None
+
+        by_rx = _rows(s.get("?sort=rx_bytes&order=desc&side=client"))
+        assert [r["rx_bytes"] for r in by_rx] == [5000, 2000, 100, 10]
+        assert [r["rx_bytes"] for r in _rows(s.get("?sort=rx_bytes&order=asc&side=client"))] == [10, 100, 2000, 5000]
+
+        limited = s.get("?name=big&limit=1&sort=tx_bytes")
+        assert limited["shown"] == 1 and limited["matched"]["connections"] == 2
+        assert limited["filtered_out"]["connections"] == 6
+        # the other clients' tx (the paused one also sent b"pause") and every echo's
+        assert limited["filtered_out"]["tx_bytes"] == 100 + 15 + (100 + 5000 + 2000 + 10)
+        assert _rows(limited)[0]["tx_bytes"] == 5000
+
+        assert {r["name"] for r in _rows(s.get("?paused=reading"))} == {"echo"}
+        assert len(_rows(s.get("?paused=none"))) == 7
+        assert {r["side"] for r in _rows(s.get(f"?peer=127.0.0.1:{s.port}"))} == {"client"}
+        assert s.get("?limit=100000")["limit"] == view.MAX_LIMIT
+
+        for bad in ("?sort=peername", "?limit=x", "?paused=maybe", "?order=up"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                s.get(bad)
+            assert err.value.code == 400
+            err.value.close()
+
+        # A browser gets the page, which has no external asset.
+        html = s.get("", accept="text/html,application/xhtml+xml,*/*;q=0.8")
+        assert html.startswith(b"<!doctype html>") and b"src=" not in html and b"href=" not in html
+
+        s.close(small)
+        assert "small" not in {r["name"] for r in _rows(s.get())}
+
+
+def test_tls_fields_and_trace_id(loop_kind, tmp_path):
+    """A TLS connection with a client certificate shows version, cipher and subject; a span's trace id shows."""
+    import asyncio
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import traced_transport as tt
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca.configure_trust(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    ca.issue_cert("alice@example.com", common_name="alice").configure_cert(client_ctx)
+    with LiveServer(loop_kind) as s:
+        telemetry = tt.Telemetry(s.registry, tracer_provider=TracerProvider())
+
+        async def go():
+            server = await s.loop.create_server(
+                tt.traced(asyncio.Protocol, name="tls", observer=telemetry), "127.0.0.1", 0, ssl=server_ctx
+            )
+            t, _ = await s.loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", server.sockets[0].getsockname()[1], ssl=client_ctx
+            )
+            return server, t
+
+        server, client = s.call(go())
+        try:
+            row = wait_for(lambda: (lambda r: (bool(r), r))(_rows(s.get("?name=tls"))), 10, "the TLS row")[0]
+            assert row["tls_version"] in ("1.2", "1.3") and row["tls_cipher"].startswith("TLS_")
+            assert "commonName=alice" in row["tls_client_subject"]
+            assert row["trace_id"] and len(row["trace_id"]) == 32
+        finally:
+
+            async def stop():
+                client.close()
+                server.close()
+
+            s.call(stop())
+
+
+def test_off_unless_enabled_and_refused_off_loopback_without_auth():
+    with ScrapeEndpoint(CollectorRegistry(), port=0) as ep:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(ep.url.replace("/metrics", "/connections"), timeout=5)
+        assert err.value.code == 404
+        err.value.close()
+    with pytest.raises(ExposureError, match="basic auth"):
+        ScrapeEndpoint(CollectorRegistry(), host="0.0.0.0", port=0, connections=True)
+    # basic auth makes it acceptable, and is asked for on /connections too
+    with ScrapeEndpoint(CollectorRegistry(), host="0.0.0.0", port=0, connections=True, basic_auth=("u", "p")) as ep:
+        url = f"http://127.0.0.1:{ep.port}/connections"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=5)
+        assert err.value.code == 401
+        err.value.close()
+        auth = "Basic " + base64.b64encode(b"u:p").decode()
+        req = urllib.request.Request(url, headers={"Authorization": auth, "Accept": "application/json"})
+        assert urllib.request.urlopen(req, timeout=5).status == 200
+
+
+def test_run_refuses_the_view_off_loopback_without_auth():
+    proc = subprocess.run(
+        [
+            os.path.join(BIN, "traced-transport"),
+            "run",
+            "--metrics-host",
+            "0.0.0.0",
+            "--metrics-port",
+            "0",
+            "--connections",
+            "--",
+            sys.executable,
+            "-c",
+            "pass",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "refusing to start" in proc.stderr and "--basic-auth" in proc.stderr
+
+
+def test_no_connection_data_reaches_a_metric_label(loop_kind):
+    """With the view on, the metrics of the same connections carry no peer, port, subject or id."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from traced_transport.exporters.prometheus import prometheus_reader
+
+    import traced_transport as tt
+
+    with LiveServer(loop_kind) as s:
+        reader, _ = prometheus_reader(s.endpoint.registry)
+        telemetry = tt.Telemetry(s.registry, meter_provider=MeterProvider(metric_readers=[reader]))
+        del telemetry  # the instruments observe the registry through their callbacks
+        s.open("client", 300)
+        rows = _rows(s.get())
+        text = urllib.request.urlopen(s.endpoint.url, timeout=5).read().decode()
+        assert "transport_received_bytes_total" in text
+        for row in rows:
+            for field in ("peer", "local", "id", "instance"):
+                assert row[field] not in text
+            for port in (row["peer"].rsplit(":", 1)[1], row["local"].rsplit(":", 1)[1]):
+                if port != str(s.port):  # the server's port is a (bounded) label by design
+                    assert f'"{port}"' not in text
