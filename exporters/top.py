@@ -25,21 +25,19 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 # (field, title, width, kind)
 COLUMNS = (
-    ("instance", "instance", 14, "text"),
-    ("name", "name", 10, "text"),
+    ("name", "name", 9, "text"),
     ("side", "side", 6, "text"),
-    ("peer", "peer", 22, "text"),
-    ("age_s", "age", 8, "secs"),
-    ("rx_bytes", "rx", 9, "bytes"),
-    ("tx_bytes", "tx", 9, "bytes"),
-    ("rx_bytes_per_s", "rx/s", 9, "bytes"),
-    ("tx_bytes_per_s", "tx/s", 9, "bytes"),
+    ("peer", "peer", 21, "text"),
+    ("age_s", "age", 7, "secs"),
+    ("rx_bytes", "rx", 7, "bytes"),
+    ("tx_bytes", "tx", 7, "bytes"),
+    ("rx_bytes_per_s", "rx/s", 7, "bytes"),
+    ("tx_bytes_per_s", "tx/s", 7, "bytes"),
     ("reading_paused_for_s", "rd paused", 9, "secs"),
     ("writing_paused_for_s", "wr paused", 9, "secs"),
-    ("read_pauses", "rd#", 5, "num"),
-    ("write_pauses", "wr#", 5, "num"),
-    ("write_buffer_bytes", "wbuf", 8, "bytes"),
-    ("tls_version", "tls", 4, "text"),
+    ("write_buffer_bytes", "wbuf", 6, "bytes"),
+    ("tls_version", "tls", 3, "text"),
+    ("instance", "instance", 12, "text"),
 )
 SORTABLE = [c[0] for c in COLUMNS]
 PAUSED = ("", "any", "reading", "writing", "none")
@@ -133,7 +131,7 @@ def build_app(client: Client, interval: float, limit: int) -> Any:
     class Top(App):
         TITLE = "traced-transport top"
         CSS = """
-        #summary { height: 2; padding: 0 1; }
+        #summary { height: auto; padding: 0 1; }
         #filter { dock: bottom; display: none; }
         #filter.shown { display: block; }
         DataTable { height: 1fr; }
@@ -203,10 +201,12 @@ def build_app(client: Client, interval: float, limit: int) -> Any:
             sort = f"{doc.get('sort')} {doc.get('order')}"
             flt = " ".join(f"{k}={v}" for k, v in self.params().items() if k not in ("sort", "order", "limit"))
             self.query_one("#summary", Static).update(
-                f"{client.base}  live {doc.get('total', 0)}  match {m.get('connections', 0)} "
+                f"{client.base}\n"
+                f"live {doc.get('total', 0)}  match {m.get('connections', 0)} "
                 f"(rd paused {m.get('reading_paused', 0)}, wr paused {m.get('writing_paused', 0)})  "
-                f"shown {doc.get('shown', 0)}  filtered out {out.get('connections', 0)}\n"
-                f"sort: {sort}   filter: {flt or '(none)'}"
+                f"shown {doc.get('shown', 0)}  filtered out {out.get('connections', 0)}"
+                + (f"  not reported {doc['unreported']}" if doc.get("unreported") else "")
+                + f"\nsort: {sort}   filter: {flt or '(none)'}"
             )
 
         def action_sort(self, step: int) -> None:
