@@ -189,3 +189,92 @@ def test_no_connection_data_reaches_a_metric_label(loop_kind):
             for port in (row["peer"].rsplit(":", 1)[1], row["local"].rsplit(":", 1)[1]):
                 if port != str(s.port):  # the server's port is a (bounded) label by design
                     assert f'"{port}"' not in text
+
+
+def test_run_with_workers_shows_every_workers_connections(tmp_path):
+    """traced-transport run --connections -- uvicorn --workers 2: held-open connections from both workers."""
+    import json
+    import re
+    import signal
+    import socket
+
+    from _util import free_port
+
+    port = free_port()
+    log = open(tmp_path / "run.log", "w+")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen(
+        [
+            os.path.join(BIN, "traced-transport"),
+            "run",
+            "--metrics-port",
+            "0",
+            "--interval",
+            "0.2",
+            "--connections",
+            "--",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_plain_app:app",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--no-access-log",
+            "--timeout-keep-alive",
+            "120",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=here),
+        cwd=here,
+    )
+    socks: list[socket.socket] = []
+    try:
+
+        def url():
+            log.seek(0)
+            m = re.search(r"connections at (http://\S+)", log.read())
+            return bool(m), m.group(1) if m else None
+
+        curl = wait_for(url, 30, "the connections URL")
+
+        def get(query: str = "") -> dict:
+            req = urllib.request.Request(curl + query, headers={"Accept": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=5).read())
+
+        def instances():
+            # keep-alive connections, held open, until the kernel has spread them over both workers
+            if len(socks) < 40:
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                except OSError as exc:
+                    return False, exc
+                s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.recv(65536)
+                socks.append(s)
+            doc = get("?side=server&limit=1000")
+            found = {r["instance"] for r in doc["connections"]}
+            return len(found) == 2 and doc["matched"]["connections"] == len(socks), (found, len(socks), doc["total"])
+
+        wait_for(instances, 60, "connections from both workers", interval=0.2)
+        doc = get("?side=server&limit=1000")
+        assert all(r["instance"].startswith("pid ") and r["rx_bytes"] > 0 for r in doc["connections"])
+        assert len(doc["instances"]) == 2 and doc.get("unreported") == 0
+        # a connection that closes leaves the view after the worker's next write
+        socks.pop().close()
+        wait_for(
+            lambda: (lambda d: (d["matched"]["connections"] == len(socks), d["total"]))(get("?side=server")),
+            20,
+            "the close",
+        )
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert code == 0, output
