@@ -22,7 +22,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from operator import attrgetter
 from typing import Any, Optional
 
 from traced_transport.datapath.record import WALL_OFFSET, ConnectionRecord
@@ -42,8 +43,9 @@ __all__ = [
 FORMAT = 1
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-# Records handled between two GIL releases (time.sleep(0)) while a request walks the live list.
-_YIELD_EVERY = 2000
+# Work between two GIL releases while a request walks the live list (the loop thread waits at most this).
+_SLICE_S = 0.002
+_HANDOFF_S = 0.0001
 
 # Every field of a row, in table order.
 FIELDS = (
@@ -103,11 +105,32 @@ class QueryError(ValueError):
     """A query parameter that cannot be honoured (answered with 400)."""
 
 
+class _Yield:
+    """Hands the GIL to other threads (the event loop's) after every ``slice_s`` of work.
+
+    A request runs on the endpoint's thread; without this, the interpreter's
+    switch interval alone decides when the loop thread gets the GIL back.
+    ``sleep(0)`` is not enough: this thread usually takes the GIL straight
+    back before the waiting one is scheduled; a short real sleep lets it run.
+    """
+
+    __slots__ = ("slice_s", "next")
+
+    def __init__(self, slice_s: float) -> None:
+        self.slice_s = slice_s
+        self.next = time.perf_counter() + slice_s
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now >= self.next:
+            time.sleep(_HANDOFF_S)
+            self.next = time.perf_counter() + self.slice_s
+
+
 class Conn:
-    """One connection's row. Persistent per live record (the static fields are read once)."""
+    """One connection's row, from plain values (a worker's file); :class:`LiveConn` reads a live record."""
 
     __slots__ = (
-        "rec",
         "instance",
         "id",
         "name",
@@ -132,15 +155,9 @@ class Conn:
         "tls_alpn",
         "tls_client_subject",
         "trace_id",
-        "tls_done",
-        "lazy_done",
-        "sample_t",
-        "sample_rx",
-        "sample_tx",
     )
 
     def __init__(self) -> None:
-        self.rec: Optional[ConnectionRecord] = None
         self.instance: Optional[str] = None
         self.id = ""
         self.name = self.side = ""
@@ -160,10 +177,11 @@ class Conn:
         self.tls_alpn: Optional[str] = None
         self.tls_client_subject: Optional[str] = None
         self.trace_id: Optional[str] = None
-        self.tls_done = False
-        self.lazy_done = False
-        self.sample_t = 0.0
-        self.sample_rx = self.sample_tx = 0
+
+    static_done = True  # a row from a file has every field already
+
+    def prepare(self, static: bool = True) -> None:
+        """Read what is read only for rows that are shown (or filtered/sorted by): nothing here."""
 
     # -- derived fields ----------------------------------------------------------------
     def value(self, field: str, now: float) -> Any:
@@ -188,28 +206,57 @@ class Conn:
         return getattr(self, field)
 
     def as_dict(self, now: float) -> dict:
-        return {f: self.value(f, now) for f in FIELDS}
+        rs = self.reading_paused_since
+        ws = self.writing_paused_since
+        read_for = None if rs is None else now - rs
+        write_for = None if ws is None else now - ws
+        return {
+            "instance": self.instance,
+            "id": self.id,
+            "name": self.name,
+            "side": self.side,
+            "transport": self.transport,
+            "peer": self.peer,
+            "local": self.local,
+            "opened_at": self.opened_at,
+            "age_s": now - self.opened_at,
+            "rx_bytes": self.rx_bytes,
+            "tx_bytes": self.tx_bytes,
+            "rx_bytes_per_s": self.rx_bytes_per_s,
+            "tx_bytes_per_s": self.tx_bytes_per_s,
+            "reading_paused": rs is not None,
+            "reading_paused_since": rs,
+            "reading_paused_for_s": read_for,
+            "read_pauses": self.read_pauses,
+            "read_paused_total_s": self.read_paused_s + (read_for or 0.0),
+            "writing_paused": ws is not None,
+            "writing_paused_since": ws,
+            "writing_paused_for_s": write_for,
+            "write_pauses": self.write_pauses,
+            "write_paused_total_s": self.write_paused_s + (write_for or 0.0),
+            "write_buffer_bytes": self.write_buffer_bytes,
+            "tls_version": self.tls_version,
+            "tls_cipher": self.tls_cipher,
+            "tls_alpn": self.tls_alpn,
+            "tls_client_subject": self.tls_client_subject,
+            "trace_id": self.trace_id,
+        }
 
     @classmethod
     def from_dict(cls, row: Mapping, instance: Optional[str]) -> Conn:
         """A row another process wrote (multi-worker): its epoch times stay valid here."""
         c = cls()
-        for f in FIELDS:
-            if f in ("age_s", "reading_paused", "writing_paused") or f.endswith("_for_s"):
-                continue
-            if f == "read_paused_total_s":
-                c.read_paused_s = _num(row.get("read_paused_closed_s"), 0.0)
-            elif f == "write_paused_total_s":
-                c.write_paused_s = _num(row.get("write_paused_closed_s"), 0.0)
-            elif f in row:
+        for f in _STORED:
+            if f in row:
                 setattr(c, f, row[f])
+        c.read_paused_s = _num(row.get("read_paused_closed_s"), 0.0)
+        c.write_paused_s = _num(row.get("write_paused_closed_s"), 0.0)
         c.instance = instance if instance is not None else row.get("instance")
-        c.lazy_done = c.tls_done = True
         return c
 
     def for_file(self) -> dict:
         """The row as a worker writes it: epoch times only, so the reader recomputes ages."""
-        out = {f: getattr(self, f) for f in FIELDS if f not in _DERIVED}
+        out = {f: getattr(self, f) for f in _STORED}
         out["read_paused_closed_s"] = self.read_paused_s
         out["write_paused_closed_s"] = self.write_paused_s
         return out
@@ -226,6 +273,7 @@ _DERIVED = frozenset(
         "write_paused_total_s",
     }
 )
+_STORED = tuple(f for f in FIELDS if f not in _DERIVED)
 
 
 def _num(v: Any, default: float) -> float:
@@ -259,92 +307,165 @@ def _subject(cert: Any) -> Optional[str]:
     return ",".join(parts) or None
 
 
-def _read_static(c: Conn, rec: ConnectionRecord) -> None:
-    """Peer and local address, from the record's extra snapshot or (once) from the transport."""
-    key = rec.key
-    c.name = rec.group.name
-    c.side = rec.group.side
-    c.transport = getattr(key, "network_transport", None)
-    c.opened_at = rec.opened_at + WALL_OFFSET
-    extra = rec.extra
-    transport = rec.transport
-    if extra is not None:
-        c.peer = _address(extra.get("peername"))
-        c.local = _address(extra.get("sockname"))
-    elif transport is not None:
-        # A dict lookup on asyncio's transports (uvloop: one getpeername()); once per connection.
-        c.peer = _address(_get(transport, "peername"))
-        c.local = _address(_get(transport, "sockname"))
-    _read_tls(c, rec)
+class LiveConn(Conn):
+    """A live record's row: counts and pause states read from the record when asked for.
 
+    Made once per connection and kept between requests (the rate samples live
+    here); the peer, local address and TLS fields are read from the transport
+    the first time a request needs them.
+    """
 
-def _read_tls(c: Conn, rec: ConnectionRecord) -> None:
-    """TLS fields once the handshake is done; plain connections are settled at once."""
-    key = rec.key
-    transport = rec.transport
-    if transport is None:
-        c.tls_done = True
-        return
-    extra = rec.extra
-    ssl_object = extra.get("ssl_object") if extra is not None and "ssl_object" in extra else None
-    if ssl_object is None:
-        ssl_object = _get(transport, "ssl_object")
-    if ssl_object is None:
-        # Plain, or a handshake still under way (start_tls, or the loop's ssl= before connection_made).
-        # A plain TCP connection is settled once it is old enough that a start_tls is unlikely to come.
-        c.tls_done = getattr(key, "network_transport", None) != "tcp" or time.monotonic() - rec.opened_at > 5.0
-        return
-    try:
-        version = ssl_object.version()
-        if not isinstance(version, str):
-            return  # handshake not finished: try again next time
-        c.tls_version = version[4:] if version.startswith(("TLSv", "SSLv")) else version
-        # sslproto caches these two in its extra dict at the end of the handshake: no OpenSSL call.
-        cipher = _get(transport, "cipher")
-        if isinstance(cipher, tuple) and cipher and isinstance(cipher[0], str):
-            c.tls_cipher = iana_cipher(cipher[0])
-        alpn = ssl_object.selected_alpn_protocol()
-        c.tls_alpn = alpn if isinstance(alpn, str) else None
-        cert = _get(transport, "peercert")
-        if c.side == "server":
-            c.tls_client_subject = _subject(cert)
-    except Exception:  # noqa: BLE001 - a transport closing under us
-        pass
-    c.tls_done = True
+    __slots__ = ("rec", "static_done", "tls_done", "prev_t", "prev_rx", "prev_tx", "cur_t", "cur_rx", "cur_tx")
 
+    def __init__(self, rec: ConnectionRecord, instance: str, wall: float) -> None:
+        # Only what every request needs; Conn.__init__'s defaults are set in prepare().
+        self.rec = rec
+        self.instance = instance
+        self.id = format(id(rec), "x")
+        self.opened_at = rec.opened_at + WALL_OFFSET
+        self.static_done = self.tls_done = False
+        self.prev_t, self.prev_rx, self.prev_tx = self.opened_at, 0, 0
+        self.cur_t, self.cur_rx, self.cur_tx = wall, rec.rx, rec.tx
 
-def _read_lazy(c: Conn) -> None:
-    """The write-buffer size and the trace id: only for rows that are shown (or sorted/filtered by them)."""
-    rec = c.rec
-    if rec is None:
-        return
-    transport = rec.transport
-    if transport is not None:
-        try:
-            size = transport.get_write_buffer_size()
-            c.write_buffer_bytes = size if isinstance(size, int) else None
-        except Exception:  # noqa: BLE001
-            c.write_buffer_bytes = None
-    if c.trace_id is None:
-        # The telemetry keeps the connection's span on rec.state while it is open (when it makes one).
-        span = getattr(rec.state, "span", None)
-        if span is not None:
+    # Read from the record at the time of the request.
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.rec.group.name
+
+    @property
+    def side(self) -> str:  # type: ignore[override]
+        return self.rec.group.side
+
+    @property
+    def transport(self) -> Optional[str]:  # type: ignore[override]
+        return getattr(self.rec.key, "network_transport", None)
+
+    @property
+    def rx_bytes(self) -> int:  # type: ignore[override]
+        return self.rec.rx
+
+    @property
+    def tx_bytes(self) -> int:  # type: ignore[override]
+        return self.rec.tx
+
+    @property
+    def rx_bytes_per_s(self) -> float:  # type: ignore[override]
+        dt = self.cur_t - self.prev_t
+        return (self.cur_rx - self.prev_rx) / dt if dt > 0 else 0.0
+
+    @property
+    def tx_bytes_per_s(self) -> float:  # type: ignore[override]
+        dt = self.cur_t - self.prev_t
+        return (self.cur_tx - self.prev_tx) / dt if dt > 0 else 0.0
+
+    @property
+    def reading_paused_since(self) -> Optional[float]:  # type: ignore[override]
+        rare = self.rec._rare
+        since = None if rare is None else rare.read_paused_since
+        return None if since is None else since + WALL_OFFSET
+
+    @property
+    def writing_paused_since(self) -> Optional[float]:  # type: ignore[override]
+        rare = self.rec._rare
+        since = None if rare is None else rare.write_paused_since
+        return None if since is None else since + WALL_OFFSET
+
+    @property
+    def read_pauses(self) -> int:  # type: ignore[override]
+        return self.rec.read_pauses
+
+    @property
+    def write_pauses(self) -> int:  # type: ignore[override]
+        return self.rec.write_pauses
+
+    @property
+    def read_paused_s(self) -> float:  # type: ignore[override]
+        return self.rec.read_paused_s
+
+    @property
+    def write_paused_s(self) -> float:  # type: ignore[override]
+        return self.rec.write_paused_s
+
+    def prepare(self, static: bool = True) -> None:
+        """Peer and local address (once); with ``static=False`` also TLS, write buffer, trace id (shown rows)."""
+        rec = self.rec
+        if not self.static_done:
+            self.static_done = True
+            self.peer = self.local = None
+            self.tls_version = self.tls_cipher = self.tls_alpn = self.tls_client_subject = None
+            self.trace_id = None
+            self.write_buffer_bytes = None
+            extra = rec.extra
+            transport = rec.transport
             try:
-                ctx = span.get_span_context()
-                if ctx.trace_id:
-                    c.trace_id = format(ctx.trace_id, "032x")
-            except Exception:  # noqa: BLE001
+                if extra is not None:
+                    self.peer = _address(extra.get("peername"))
+                    self.local = _address(extra.get("sockname"))
+                elif transport is not None:
+                    # A dict lookup on asyncio's transports (uvloop: one getpeername()); once per connection.
+                    self.peer = _address(_get(transport, "peername"))
+                    self.local = _address(_get(transport, "sockname"))
+            except Exception:  # noqa: BLE001 - never fail a request for one odd transport
                 pass
-    c.lazy_done = True
+        if static:
+            return
+        if not self.tls_done:
+            self._read_tls()
+        transport = rec.transport
+        if transport is not None:
+            try:
+                size = transport.get_write_buffer_size()
+                self.write_buffer_bytes = size if isinstance(size, int) else None
+            except Exception:  # noqa: BLE001
+                self.write_buffer_bytes = None
+        if self.trace_id is None:
+            # The telemetry keeps the connection's span on rec.state while it is open (when it makes one).
+            span = getattr(rec.state, "span", None)
+            if span is not None:
+                try:
+                    ctx = span.get_span_context()
+                    if ctx.trace_id:
+                        self.trace_id = format(ctx.trace_id, "032x")
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _read_tls(self) -> None:
+        """TLS fields once the handshake is done; a plain connection is settled after a while."""
+        rec = self.rec
+        transport = rec.transport
+        if transport is None:
+            self.tls_done = True
+            return
+        ssl_object = _get(transport, "ssl_object")
+        if ssl_object is None:
+            # Plain, or a handshake still under way (start_tls): settled once a start_tls is unlikely to come.
+            self.tls_done = self.transport != "tcp" or time.monotonic() - rec.opened_at > 5.0
+            return
+        try:
+            version = ssl_object.version()
+            if not isinstance(version, str):
+                return  # handshake not finished: again next time
+            self.tls_version = version[4:] if version.startswith(("TLSv", "SSLv")) else version
+            # sslproto keeps these two in its extra dict from the end of the handshake: no OpenSSL call.
+            cipher = _get(transport, "cipher")
+            if isinstance(cipher, tuple) and cipher and isinstance(cipher[0], str):
+                self.tls_cipher = iana_cipher(cipher[0])
+            alpn = ssl_object.selected_alpn_protocol()
+            self.tls_alpn = alpn if isinstance(alpn, str) else None
+            if rec.group.side == "server":
+                self.tls_client_subject = _subject(_get(transport, "peercert"))
+        except Exception:  # noqa: BLE001 - a transport closing under us
+            pass
+        self.tls_done = True
 
 
 # -- the local source --------------------------------------------------------------------------
 class RegistryConnections:
     """The live connections of one registry (this process), with per-connection rates.
 
-    ``bytes/s`` is measured between two samples at least ``min_interval``
-    apart (the previous request's, whoever made it), and since the connection
-    opened before its second sample.
+    ``bytes/s`` is measured between the two latest samples, taken at most
+    every ``min_interval`` seconds when a request comes (or since the
+    connection opened, before its second sample).
     """
 
     def __init__(
@@ -357,70 +478,47 @@ class RegistryConnections:
         self.registry = registry
         self.instance = instance if instance is not None else f"{socket.gethostname()}:{os.getpid()}"
         self.min_interval = min_interval
-        self._cache: dict[int, Conn] = {}
+        self._cache: dict[int, LiveConn] = {}
+        self._sample_t = 0.0
         self._lock = threading.Lock()
 
     def info(self) -> dict:
         return {"instances": [self.instance]}
 
     def conns(self) -> list[Conn]:
-        """The rows of every live connection, their counts and pause states as of now."""
+        """The rows of every live connection; counts and pause states are read when asked for."""
         live = self.registry.live()  # the registry lock: a list copy, as a scrape takes it
         with self._lock:
             return self._refresh(live)
 
     def _refresh(self, live: list[ConnectionRecord]) -> list[Conn]:
         old = self._cache
-        new: dict[int, Conn] = {}
+        get = old.get
+        new: dict[int, LiveConn] = {}
         out: list[Conn] = []
-        now = time.monotonic()
-        wall = now + WALL_OFFSET
-        min_interval = self.min_interval
+        wall = time.time()
+        sample = wall - self._sample_t >= self.min_interval
+        if sample:
+            self._sample_t = wall
         instance = self.instance
+        pause = _Yield(_SLICE_S)
         for i, rec in enumerate(live):
-            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                time.sleep(0)  # let the loop thread have the GIL
+            if not i & 1023:
+                pause()
             if rec.closed_at is not None:
                 continue
             rid = id(rec)
-            c = old.get(rid)
+            c = get(rid)
             if c is None or c.rec is not rec:
-                c = Conn()
-                c.rec = rec
-                c.instance = instance
-                c.id = format(rid, "x")
-                try:
-                    _read_static(c, rec)
-                except Exception:  # noqa: BLE001 - never fail the request for one odd transport
-                    c.tls_done = True
-                c.sample_t = c.opened_at
-            elif not c.tls_done:
-                _read_tls(c, rec)
+                c = LiveConn(rec, instance, wall)
+            elif sample:
+                c.prev_t = c.cur_t
+                c.prev_rx = c.cur_rx
+                c.prev_tx = c.cur_tx
+                c.cur_t = wall
+                c.cur_rx = rec.rx
+                c.cur_tx = rec.tx
             new[rid] = c
-            rx = rec.rx
-            tx = rec.tx
-            c.rx_bytes = rx
-            c.tx_bytes = tx
-            dt = wall - c.sample_t
-            if dt >= min_interval or c.sample_t == c.opened_at:
-                if dt > 0:
-                    c.rx_bytes_per_s = (rx - c.sample_rx) / dt
-                    c.tx_bytes_per_s = (tx - c.sample_tx) / dt
-                if dt >= min_interval:
-                    c.sample_t = wall
-                    c.sample_rx = rx
-                    c.sample_tx = tx
-            rare = rec._rare
-            if rare is not None:
-                since = rare.read_paused_since
-                c.reading_paused_since = None if since is None else since + WALL_OFFSET
-                since = rare.write_paused_since
-                c.writing_paused_since = None if since is None else since + WALL_OFFSET
-                c.read_pauses = rare.read_pauses
-                c.write_pauses = rare.write_pauses
-                c.read_paused_s = rare.read_paused_s
-                c.write_paused_s = rare.write_paused_s
-            c.lazy_done = False
             out.append(c)
         self._cache = new
         return out
@@ -439,7 +537,7 @@ class RegistryConnections:
         )
         shown = conns[:limit]
         for c in shown:
-            _read_lazy(c)
+            c.prepare(static=False)
         return {"time": now, "total": len(conns), "rows": [c.for_file() for c in shown]}
 
 
@@ -488,86 +586,121 @@ def parse(params: Mapping[str, list[str]]) -> dict:
     }
 
 
-def _totals() -> dict:
-    return {"connections": 0, "rx_bytes": 0, "tx_bytes": 0, "reading_paused": 0, "writing_paused": 0}
+def _totals(conns: list[Conn], pause: _Yield) -> dict:
+    rx = tx = rp = wp = 0
+    for i, c in enumerate(conns):
+        if not i & 1023:
+            pause()
+        rx += c.rx_bytes
+        tx += c.tx_bytes
+        if c.reading_paused_since is not None:
+            rp += 1
+        if c.writing_paused_since is not None:
+            wp += 1
+    return {"connections": len(conns), "rx_bytes": rx, "tx_bytes": tx, "reading_paused": rp, "writing_paused": wp}
 
 
-def _add(t: dict, c: Conn) -> None:
-    t["connections"] += 1
-    t["rx_bytes"] += c.rx_bytes
-    t["tx_bytes"] += c.tx_bytes
-    if c.reading_paused_since is not None:
-        t["reading_paused"] += 1
-    if c.writing_paused_since is not None:
-        t["writing_paused"] += 1
+def _minus(a: dict, b: dict) -> dict:
+    return {k: a[k] - b[k] for k in a}
+
+
+def _matches(c: Conn, q: dict) -> bool:
+    names, sides, peer, instance, paused = q["name"], q["side"], q["peer"], q["instance"], q["paused"]
+    if names is not None and c.name not in names:
+        return False
+    if sides is not None and c.side not in sides:
+        return False
+    if instance is not None and c.instance != instance:
+        return False
+    if peer is not None:
+        if not c.static_done:
+            c.prepare()
+        if c.peer is None or not c.peer.startswith(peer):
+            return False
+    if paused is not None:
+        r = c.reading_paused_since is not None
+        w = c.writing_paused_since is not None
+        if paused == "any":
+            return r or w
+        if paused == "reading":
+            return r
+        if paused == "writing":
+            return w
+        return not (r or w)
+    return True
+
+
+def _sort_key(sort: str, reverse: bool, now: float) -> Any:
+    """A key for ``list.sort``; missing values (None) always last."""
+    missing = float("-inf") if reverse else float("inf")
+    if sort in ("age_s", "opened_at"):
+        # age is now - opened_at: sorting by the opening time the other way round needs no arithmetic
+        return (lambda c: -c.opened_at) if sort == "age_s" else (lambda c: c.opened_at)
+    if sort in ("rx_bytes", "tx_bytes", "read_pauses", "write_pauses", "rx_bytes_per_s", "tx_bytes_per_s"):
+        return attrgetter(sort)
+    if sort in NUMERIC_FIELDS:
+
+        def numeric(c: Conn) -> Any:
+            v = c.value(sort, now)
+            return missing if v is None else v
+
+        return numeric
+
+    def text(c: Conn) -> Any:
+        v = c.value(sort, now)
+        return (v is None) != reverse, v or ""
+
+    return text
 
 
 def query(
-    conns: Iterable[Conn], q: dict, *, now: Optional[float] = None, extra: Optional[Mapping[str, Any]] = None
+    conns: list[Conn], q: dict, *, now: Optional[float] = None, extra: Optional[Mapping[str, Any]] = None
 ) -> dict:
     """Filter, sort and limit ``conns`` as ``q`` (from :func:`parse`) says: the JSON document."""
     now = time.time() if now is None else now
-    names, sides, paused, peer, instance = q["name"], q["side"], q["paused"], q["peer"], q["instance"]
-    kept: list[Conn] = []
-    out_totals = _totals()
-    total = 0
-    for c in conns:
-        total += 1
-        if total % _YIELD_EVERY == 0:
-            time.sleep(0)
-        ok = (
-            (names is None or c.name in names)
-            and (sides is None or c.side in sides)
-            and (peer is None or (c.peer is not None and c.peer.startswith(peer)))
-            and (instance is None or c.instance == instance)
-        )
-        if ok and paused is not None:
-            r = c.reading_paused_since is not None
-            w = c.writing_paused_since is not None
-            ok = (
-                (r or w)
-                if paused == "any"
-                else r
-                if paused == "reading"
-                else w
-                if paused == "writing"
-                else not (r or w)
-            )
-        if ok:
-            kept.append(c)
-        else:
-            _add(out_totals, c)
+    pause = _Yield(_SLICE_S)
+    filtering = any(q[k] is not None for k in ("name", "side", "peer", "instance", "paused"))
+    if filtering:
+        kept = []
+        for i, c in enumerate(conns):
+            if not i & 1023:
+                pause()
+            if _matches(c, q):
+                kept.append(c)
+    else:
+        kept = list(conns)
     sort, limit = q["sort"], q["limit"]
-    if sort == "write_buffer_bytes":
-        for c in kept:
-            if not c.lazy_done:
-                _read_lazy(c)
     reverse = q["order"] == "desc"
-    numeric = sort in NUMERIC_FIELDS
-    missing = float("-inf") if reverse else float("inf")
-
-    def key(c: Conn) -> Any:
-        v = c.value(sort, now)
-        if numeric:
-            return missing if v is None else v
-        return (v is None) != reverse, v or ""
-
-    kept.sort(key=key, reverse=reverse)
+    if sort in ("peer", "local", "write_buffer_bytes", "tls_version", "tls_cipher"):
+        for i, c in enumerate(kept):
+            if not i & 1023:
+                pause()
+            c.prepare(static=sort in ("peer", "local"))
+    pause()
+    kept.sort(key=_sort_key(sort, reverse, now), reverse=reverse)
+    pause()
     shown = kept[:limit]
-    matched = _totals()
-    for c in kept:
-        _add(matched, c)
+    matched = _totals(kept, pause)
+    # Whichever side is smaller is summed; the other is the difference.
+    if not filtering:
+        filtered_out = _minus(matched, matched)
+    elif len(kept) * 2 <= len(conns):
+        filtered_out = _minus(_totals(conns, pause), matched)
+    else:
+        kept_ids = {id(c) for c in kept}
+        filtered_out = _totals([c for c in conns if id(c) not in kept_ids], pause)
     rows = []
-    for c in shown:
-        if not c.lazy_done:
-            _read_lazy(c)
+    for i, c in enumerate(shown):
+        if not i & 63:
+            pause()
+        c.prepare(static=False)
         rows.append(c.as_dict(now))
     doc = {
         "format": FORMAT,
         "time": now,
-        "total": total,
+        "total": len(conns),
         "matched": matched,
-        "filtered_out": out_totals,
+        "filtered_out": filtered_out,
         "shown": len(rows),
         "sort": sort,
         "order": q["order"],
@@ -577,6 +710,7 @@ def query(
     }
     if extra:
         doc.update(extra)
+    return doc
     return doc
 
 

@@ -96,6 +96,24 @@ def wants_html(accept: Optional[str], params: dict) -> bool:
     return best_html > 0 and best_html >= best_json
 
 
+def encode(doc: dict) -> bytes:
+    """The document as JSON, its rows encoded in batches with a GIL hand-over between them (see connections._Yield)."""
+    rows = doc["connections"]
+    head = {k: v for k, v in doc.items() if k != "connections"}
+    head["connections"] = []  # last, so the rows can follow the head's text
+    text = json.dumps(head, separators=(",", ":"), allow_nan=False, default=str)
+    parts = [text[: -len("]}")].encode()]
+    pause = view._Yield(view._SLICE_S)
+    for start in range(0, len(rows), 100):
+        if start:
+            parts.append(b",")
+            pause()
+        batch = json.dumps(rows[start : start + 100], separators=(",", ":"), allow_nan=False, default=str)
+        parts.append(batch[1:-1].encode())
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
 def respond(source: Any, target: str, accept: Optional[str], method: str = "GET") -> tuple[int, list, bytes]:
     """``(status, headers, body)`` for a request of ``target`` (path and query) to ``/connections``."""
     if method not in ("GET", "HEAD"):
@@ -124,5 +142,5 @@ def respond(source: Any, target: str, accept: Optional[str], method: str = "GET"
     conns = source.conns()
     info = source.info() if hasattr(source, "info") else {}
     doc = view.query(conns, q, now=time.time(), extra=info)
-    body = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
+    body = encode(doc)
     return 200, [("Content-Type", _JSON), *common], body
