@@ -62,7 +62,9 @@ def test_json_rows_sort_filter_limit(loop_kind):
         assert _rows(limited)[0]["tx_bytes"] == 5000
 
         assert {r["name"] for r in _rows(s.get("?paused=reading"))} == {"echo"}
-        assert len(_rows(s.get("?paused=none"))) == 7
+        not_paused = s.get("?paused=none")
+        assert len(_rows(not_paused)) == 7 and not_paused["filtered_out"]["connections"] == 1
+        assert not_paused["filtered_out"]["reading_paused"] == 1 and not_paused["matched"]["reading_paused"] == 0
         assert {r["side"] for r in _rows(s.get(f"?peer=127.0.0.1:{s.port}"))} == {"client"}
         assert s.get("?limit=100000")["limit"] == view.MAX_LIMIT
 
@@ -272,6 +274,43 @@ def test_run_with_workers_shows_every_workers_connections(tmp_path):
     finally:
         for s in socks:
             s.close()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert code == 0, output
+
+
+def test_demo_serves_the_view_on_loopback_and_prints_its_url(tmp_path):
+    import json
+    import re
+    import signal
+
+    log = open(tmp_path / "demo.log", "w+")
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "traced-transport"), "demo", "--metrics-port", "0", "--duration", "60"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def url():
+            log.seek(0)
+            m = re.search(r"live\s+(http://\S+/connections)", log.read())
+            return bool(m), m.group(1) if m else None
+
+        curl = wait_for(url, 30, "the demo's connections URL")
+
+        def names():
+            req = urllib.request.Request(curl + "?limit=1000", headers={"Accept": "application/json"})
+            doc = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            found = {r["name"] for r in doc["connections"]}
+            tls = [r for r in doc["connections"] if r["name"] == "tls-echo" and r["tls_version"]]
+            return {"echo", "tls-echo"} <= found and bool(tls), found
+
+        wait_for(names, 30, "echo and TLS connections in the view", interval=0.2)
+    finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         log.seek(0)
