@@ -212,6 +212,11 @@ class ScrapeEndpoint:
       handshake, the whole request head, an idle keep-alive connection and
       the sending of a response.
 
+    - ``connections=True`` (or a ``traced_transport.Registry``) also serves
+      ``/connections``, the live-connections view (``connections_page``); off by
+      default, and refused (``ValueError``) off loopback without basic auth or
+      client certificates.
+
     ``start()`` raises ``OSError`` at once when the address cannot be bound.
     """
 

@@ -317,3 +317,25 @@ def test_demo_serves_the_view_on_loopback_and_prints_its_url(tmp_path):
         output = log.read()
         log.close()
     assert code == 0, output
+
+
+def test_top_client_speaks_tls_basic_auth_and_client_certificates(scrape_certs):
+    """traced-transport top's HTTP client against an https endpoint that wants basic auth, then mTLS."""
+    from traced_transport.exporters.top import Client
+
+    c = scrape_certs
+    with LiveServer("asyncio", certfile=c.server_cert, keyfile=c.server_key, basic_auth=("me", "secret")) as s:
+        s.open("client", 10)
+        metrics_url = s.endpoint.url  # https://127.0.0.1:PORT/metrics: top finds /connections next to it
+        doc = Client(metrics_url, basic_auth="me:secret", cafile=c.ca).get({"side": "client"})
+        assert [r["name"] for r in doc["connections"]] == ["client"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            Client(metrics_url, basic_auth="me:wrong", cafile=c.ca).get({})
+        assert err.value.code == 401
+        err.value.close()
+    with LiveServer("asyncio", certfile=c.server_cert, keyfile=c.server_key, client_cafile=c.ca) as s:
+        s.open("client", 10)
+        doc = Client(s.url, cafile=c.ca, certfile=c.client).get({"side": "client"})
+        assert doc["matched"]["connections"] == 1
+        with pytest.raises((urllib.error.URLError, OSError)):
+            Client(s.url, cafile=c.ca).get({})
