@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("prometheus_client")
 
 from _live import LiveServer
-from _util import wait_for
+from _util import samples, wait_for
 from prometheus_client import CollectorRegistry
 from traced_transport.exporters import connections as view
 from traced_transport.exporters.connections_page import ExposureError
@@ -264,6 +264,12 @@ def test_run_with_workers_shows_every_workers_connections(tmp_path):
         doc = get("?side=server&limit=1000")
         assert all(r["instance"].startswith("pid ") and r["rx_bytes"] > 0 for r in doc["connections"])
         assert len(doc["instances"]) == 2 and doc.get("unreported") == 0
+        # the aggregated metrics carry none of the rows' addresses
+        metrics = urllib.request.urlopen(curl.replace("/connections", "/metrics"), timeout=5).read().decode()
+        assert "transport_connection_active" in metrics
+        label_values = {v for _, labels in samples(metrics) for _, v in labels}
+        for row in doc["connections"]:
+            assert row["peer"] not in metrics and row["peer"].rsplit(":", 1)[1] not in label_values
         # a connection that closes leaves the view after the worker's next write
         socks.pop().close()
         wait_for(
