@@ -4,7 +4,7 @@ sorts and filters, and drops a closed connection on refresh."""
 from __future__ import annotations
 
 import pytest
-from _helpers import require_binary
+from _helpers import require_binary, require_module
 from _live import LiveServer
 
 # What the browser needs here: no sandbox (root), and nothing that reaches the network by itself.
@@ -22,7 +22,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def browser():
     chromium = require_binary("chromium", "chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require_module("playwright.sync_api", "playwright")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, args=ARGS)
         try:

@@ -9,7 +9,7 @@ import sys
 import uuid
 
 import pytest
-from _helpers import require_binary
+from _helpers import require_binary, require_module
 from _live import LiveServer
 from _util import wait_for
 
@@ -19,7 +19,7 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture
 def tmux():
     binary = require_binary("tmux", "tmux")
-    pytest.importorskip("textual")
+    require_module("textual", "textual")
     session = f"tt-top-{uuid.uuid4().hex[:8]}"
 
     def run(*args: str) -> str:
