@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.client
 import json
 import os
@@ -67,6 +68,24 @@ class Probe:
     def take(self) -> list[float]:
         out, self.samples = self.samples, []
         return out
+
+
+class GcWatch:
+    """The longest collection per generation (ms), whichever thread triggered it: a full collection holds the
+    GIL, and with many live connections it is the longest pause a request can set off."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.longest = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.counts[gen] += 1
+            self.longest[gen] = max(self.longest[gen], (time.perf_counter() - self.started) * 1e3)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -155,6 +174,8 @@ def main(argv=None) -> int:
             holds.append((time.perf_counter() - t0) * 1e3)
         results["lock_hold_ms"] = {"median": statistics.median(holds), "max": max(holds)}
 
+        watch = GcWatch()
+        gc.callbacks.append(watch)
         first, size = request("")
         results["first_request_ms"] = first
         busy_started = time.perf_counter()
@@ -176,6 +197,8 @@ def main(argv=None) -> int:
                 "loop_late_p99": pct(late, 0.99),
             }
         busy_s = time.perf_counter() - busy_started
+        gc.callbacks.remove(watch)
+        results["gc"] = {"collections": watch.counts, "longest_ms": watch.longest}
         time.sleep(busy_s)
         idle = probe.take()
         results["loop_late_ms"] = {
@@ -220,6 +243,14 @@ def main(argv=None) -> int:
     print(
         f"Loop lateness (1 ms sleep probe): during requests max {d['max']:.1f} ms, p99 {d['p99']:.1f} ms "
         f"({d['samples']} samples); idle max {i['max']:.1f} ms, p99 {i['p99']:.1f} ms"
+    )
+    g = results["gc"]
+    print(
+        "Garbage collections during the requests (gen 0/1/2): "
+        + "/".join(str(n) for n in g["collections"])
+        + ", longest "
+        + " / ".join(f"{ms:.1f}" for ms in g["longest_ms"])
+        + " ms"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -96,22 +96,16 @@ def wants_html(accept: Optional[str], params: dict) -> bool:
     return best_html > 0 and best_html >= best_json
 
 
+def encode_row(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":"), allow_nan=False, default=str)
+
+
 def encode(doc: dict) -> bytes:
-    """The document as JSON, its rows encoded in batches with a GIL hand-over between them (see connections._Yield)."""
-    rows = doc["connections"]
+    """The document as JSON; its rows are already JSON text (``query(encode_row=encode_row)``)."""
     head = {k: v for k, v in doc.items() if k != "connections"}
     head["connections"] = []  # last, so the rows can follow the head's text
     text = json.dumps(head, separators=(",", ":"), allow_nan=False, default=str)
-    parts = [text[: -len("]}")].encode()]
-    pause = view._Yield(view._SLICE_S)
-    for start in range(0, len(rows), 100):
-        if start:
-            parts.append(b",")
-            pause()
-        batch = json.dumps(rows[start : start + 100], separators=(",", ":"), allow_nan=False, default=str)
-        parts.append(batch[1:-1].encode())
-    parts.append(b"]}")
-    return b"".join(parts)
+    return "".join((text[: -len("]}")], ",".join(doc["connections"]), "]}")).encode()
 
 
 def respond(source: Any, target: str, accept: Optional[str], method: str = "GET") -> tuple[int, list, bytes]:
@@ -141,6 +135,6 @@ def respond(source: Any, target: str, accept: Optional[str], method: str = "GET"
         return 400, [], f"400 Bad Request: {exc}\n".encode()
     conns = source.conns()
     info = source.info() if hasattr(source, "info") else {}
-    doc = view.query(conns, q, now=time.time(), extra=info)
+    doc = view.query(conns, q, now=time.time(), extra=info, encode_row=encode_row)
     body = encode(doc)
     return 200, [("Content-Type", _JSON), *common], body
