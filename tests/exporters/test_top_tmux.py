@@ -44,7 +44,7 @@ def test_top_refreshes_sorts_and_filters(tmux):
     names = ("alpha", "bravo", "charlie")
     with LiveServer("asyncio") as s:
         s.open("alpha", 300)
-        s.open("bravo", 20000)
+        bravo = s.open("bravo", 20000)
         s.open("charlie", 5000)
         cmd = f"{shlex.quote(os.path.join(BIN, 'traced-transport'))} top {shlex.quote(s.url)} --interval 0.3"
         run("new-session", "-d", "-s", session, "-x", "120", "-y", "40", "env", "TERM=xterm-256color", "sh", "-c", cmd)
@@ -67,6 +67,15 @@ def test_top_refreshes_sorts_and_filters(tmux):
         shows(lambda p: _names_in_order(p, names) == ["alpha", "charlie", "bravo"], "the rows by rx, smallest first")
         # a filter typed after "/"
         run("send-keys", "-t", session, "/")
+        shows(lambda p: "(Enter applies)" in p, "the filter box")
         run("send-keys", "-t", session, "name=charlie", "Enter")
         shows(lambda p: _names_in_order(p, names) == ["charlie"] and "match 1" in p, "the filtered view")
+        # "p": paused connections only (after an empty filter); the server stops reading bravo's connection
+        run("send-keys", "-t", session, "/")
+        shows(lambda p: p.count("name=charlie") >= 2, "the filter box, holding the current filter")
+        run("send-keys", "-t", session, "C-u", "Enter")
+        shows(lambda p: "match 6" in p, "the filter cleared")
+        s.pause(bravo)
+        run("send-keys", "-t", session, "p")
+        shows(lambda p: "paused=any" in p and "match 1" in p and "echo" in p, "the paused connection only")
         run("send-keys", "-t", session, "q")
