@@ -12,8 +12,8 @@ hold a scrape takes), then reads each record's integer fields without any
 lock. What never changes during a connection (peer, local address, TLS) is
 read once per connection and cached here; the write-buffer size and the trace
 id are read only for the rows returned, unless a filter or sort needs them.
-The thread yields the GIL every few thousand records, so the loop is never
-held off for long.
+The thread hands the GIL over after every millisecond of work, so the loop
+is never held off for long (docs/live-view.md has the measurements).
 """
 
 from __future__ import annotations
