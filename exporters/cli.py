@@ -2,6 +2,7 @@
 
 traced-transport demo [options]          the main job: traced servers under load, scrape endpoint up
 traced-transport run [options] -- CMD... run any Python server instrumented, scrape endpoint up
+traced-transport top [URL]               watch an endpoint's live connections in the terminal
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_arguments(run_parser)
+
+    from . import top
+
+    top_parser = sub.add_parser(
+        "top",
+        help="watch an endpoint's live connections (/connections) in the terminal",
+        description=top.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_arguments(top_parser)
     return parser
 
 
@@ -48,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import demo
 
         return demo.main(args)
+    if args.command == "top":
+        from . import top
+
+        return top.main(args)
     from . import run
 
     return run.main(args)

@@ -253,6 +253,7 @@ async def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from . import sdk
+    from .connections_page import is_loopback, url_of
 
     started = time.monotonic()
     setup = sdk.setup(
@@ -260,6 +261,8 @@ async def run(args: argparse.Namespace) -> int:
         metrics_host=args.host,
         metrics_port=args.metrics_port,
         endpoint=args.metrics_port >= 0,
+        # The live-connections view shows peer addresses: on by itself only on loopback.
+        connections=is_loopback(args.host),
     )
     loop = asyncio.get_running_loop()
     server_ctx, client_ctx, client_ctx_tls12 = tls_contexts()
@@ -278,6 +281,8 @@ async def run(args: argparse.Namespace) -> int:
     )
     print("traced-transport demo", flush=True)
     print(f"  metrics   {ends.metrics_url or '(endpoint off)'}", flush=True)
+    if ends.metrics_url and setup.endpoint.connections is not None:
+        print(f"  live      {url_of(ends.metrics_url)}  (or: traced-transport top)", flush=True)
     print(f"  echo      tcp://{args.host}:{ends.echo}", flush=True)
     print(f"  tls echo  tls://{args.host}:{ends.tls}", flush=True)
     print(f"  http      http://{args.host}:{ends.http}/", flush=True)

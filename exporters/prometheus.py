@@ -172,10 +172,17 @@ class ScrapeEndpoint:
     applies to every route. Another path is added with ``endpoint.routes["/x"] = fn``
     (before or after ``start()``).
 
+    ``connections=True`` (or a ``traced_transport.Registry``) also serves
+    ``/connections``, the live-connections view (``connections_page``); off by
+    default, and refused (``ValueError``) off loopback without basic auth or
+    client certificates.
+
     ``start()`` raises ``OSError`` at once when the address cannot be bound.
     """
 
-    def __init__(self, registry: Any, options: Optional[EndpointOptions] = None, **changes: Any) -> None:
+    def __init__(
+        self, registry: Any, options: Optional[EndpointOptions] = None, *, connections: Any = None, **changes: Any
+    ) -> None:
         opts = (options or EndpointOptions()).with_(**changes)
         self.options = opts
         self._auth = BasicAuth.of(opts.basic_auth)
@@ -188,8 +195,17 @@ class ScrapeEndpoint:
         self.max_connections = opts.max_connections
         self.timeout = opts.timeout
         self._requested_port = opts.port
+        # /connections (exporters/connections_page.py): off unless asked for, and guarded off loopback.
+        self.connections: Any = None
+        if connections:
+            from . import connections_page
+
+            connections_page.check_exposure(opts.host, basic_auth=opts.basic_auth, client_cafile=opts.client_cafile)
+            self.connections = connections_page.source_for(connections)
         self.port: Optional[int] = None
         self.routes: dict[str, Route] = {opts.path: self._metrics}
+        if self.connections is not None and opts.path != "/connections":
+            self.routes["/connections"] = self._connections
         self._server: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
         self._state_lock = threading.Lock()
@@ -296,6 +312,12 @@ class ScrapeEndpoint:
 
     def _metrics(self, request: Request) -> Response:
         return scrape(self.registry, request)
+
+    def _connections(self, request: Request) -> Response:
+        from .connections_page import respond
+
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        return Response(*respond(self.connections, target, request.header("Accept"), request.method))
 
     def render(self, accept: Optional[str] = None, accept_encoding: Optional[str] = None) -> tuple[int, list, bytes]:
         """What a ``GET`` would answer, without HTTP (benchmarks, tests)."""

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="seconds between each process's writes of its counts (default: %(default)s)",
     )
+    parser.add_argument(
+        "--connections",
+        action="store_true",
+        help="also serve /connections, every worker's live connections (off loopback: needs --basic-auth or "
+        "--client-cafile)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
 
 
@@ -56,8 +62,15 @@ def main(args: argparse.Namespace) -> int:
         print("traced-transport run: give a command after --", file=sys.stderr)
         return 2
     directory = multiworker.prepare_directory(tempfile.mkdtemp(prefix="traced-transport-"))
+    connections = bool(getattr(args, "connections", False))
     try:
-        aggregator = multiworker.serve(directory, options=options.EndpointOptions.from_args(args))
+        aggregator = multiworker.serve(
+            directory, connections=connections, options=options.EndpointOptions.from_args(args)
+        )
+    except ValueError as exc:  # the connections view off loopback without authentication
+        print(f"traced-transport run: {exc}", file=sys.stderr)
+        shutil.rmtree(directory, ignore_errors=True)
+        return 2
     except OSError as exc:
         print(
             f"traced-transport run: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
@@ -66,10 +79,16 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(directory, ignore_errors=True)
         return 1
     print(f"traced-transport: metrics at {aggregator.url}", file=sys.stderr, flush=True)
+    if connections:
+        from .connections_page import url_of
+
+        print(f"traced-transport: connections at {url_of(aggregator.url)}", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SITE, env.get("PYTHONPATH")) if p)
     env[_ENV_DIR] = directory
-    env[_ENV_OPTIONS] = "|".join([args.server_name, args.client_name, "1" if args.pipes else "", str(args.interval)])
+    env[_ENV_OPTIONS] = "|".join(
+        [args.server_name, args.client_name, "1" if args.pipes else "", str(args.interval), "1" if connections else ""]
+    )
     try:
         child = subprocess.Popen(command, env=env)
     except OSError as exc:
@@ -99,9 +118,11 @@ def start_in_child(directory: str) -> None:
 
     from . import multiworker
 
-    server_name, client_name, pipes, interval = (os.environ.get(_ENV_OPTIONS, "") + "|||").split("|")[:4]
+    server_name, client_name, pipes, interval, connections = (os.environ.get(_ENV_OPTIONS, "") + "||||").split("|")[:5]
     tracer_provider = _tracer_provider_from_env()
-    worker = multiworker.start_worker(directory, interval=float(interval or 1.0), tracer_provider=tracer_provider)
+    worker = multiworker.start_worker(
+        directory, interval=float(interval or 1.0), tracer_provider=tracer_provider, connections=bool(connections)
+    )
     # traced() with the defaults (the framework helpers, e.g. --http traced_transport.uvicorn:h11) too
     traced_transport.set_default_telemetry(worker.telemetry)
     worker.instrument(server_name=server_name or "server", client_name=client_name or "client", pipes=bool(pipes))

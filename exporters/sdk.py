@@ -262,6 +262,7 @@ def setup(
     otlp: Optional[bool] = None,
     resource_attributes: Optional[Mapping[str, Any]] = None,
     set_global: bool = True,
+    connections: Any = False,
 ) -> Setup:
     """Build the providers, start the scrape endpoint, make them global; see the module docstring.
 
@@ -272,7 +273,8 @@ def setup(
     ``Setup.prometheus_registry`` yourself, e.g. with ``traced_transport.exporters.mount``).
 
     Raises ``OSError`` when the endpoint cannot listen (port taken): then
-    nothing is left running and no global provider is set.
+    nothing is left running and no global provider is set. ``connections=True``
+    also serves ``/connections``, the live-connections view (docs/live-view.md).
     """
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
@@ -306,7 +308,7 @@ def setup(
                     client_cafile=client_cafile,
                     basic_auth=basic_auth,
                 )
-            scrape = ScrapeEndpoint(prom_registry, options).start()
+            scrape = ScrapeEndpoint(prom_registry, options, connections=connections).start()
     except BaseException:
         if tracer_provider is not None:
             _quietly("tracer provider shutdown", tracer_provider.shutdown)

@@ -21,6 +21,20 @@ def require_binary(name: str, package: str) -> str:
     return path
 
 
+def require_module(name: str, package: str):
+    """Import ``name`` (pip package ``package``, in the test extra); missing, it fails the test under CI=true
+    and skips it otherwise."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed (pip install {package}; the test extra has it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 class _Received:
     """What both collecting protocols share: the connection's events, and waiting for N bytes."""
 

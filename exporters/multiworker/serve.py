@@ -49,6 +49,7 @@ def serve(
     scope_labels: bool = False,
     target_info: bool = True,
     compact: bool = True,
+    connections: bool = False,
     options: Optional[EndpointOptions] = None,
     **endpoint_kwargs: Any,
 ) -> Aggregator:
@@ -59,7 +60,8 @@ def serve(
     :class:`~traced_transport.exporters.options.EndpointOptions`; loopback, port 9464
     by default) with ``host``, ``port`` and ``endpoint_kwargs`` (its other fields:
     ``path``, ``certfile``, ``basic_auth``, ...) applied over it when given.
-    ``port=0`` picks a free port (``.port``).
+    ``port=0`` picks a free port (``.port``). ``connections=True`` serves
+    ``/connections`` over the rows the workers write (start them with ``connections=True``).
     """
     from prometheus_client import CollectorRegistry
 
@@ -72,5 +74,9 @@ def serve(
         changes["host"] = host
     if port is not None:
         changes["port"] = port
+    if connections:
+        from ..connections import WorkerFilesConnections
+
+        changes["connections"] = WorkerFilesConnections(collector)
     endpoint = ScrapeEndpoint(registry, options, **changes).start()
     return Aggregator(collector, registry, endpoint)

@@ -45,6 +45,7 @@ class WorkerExporter:
         interval: float = 1.0,
         signals: bool = True,
         signal_timeout: float = 2.0,
+        connections: Any = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -55,6 +56,8 @@ class WorkerExporter:
         self.interval = interval
         self.signals = signals
         self.signal_timeout = signal_timeout
+        # A connections.RegistryConnections when the live view is on: its rows go into the file too.
+        self.connections = connections
         self._lock = threading.Lock()  # one collection + write at a time
         self._wake = threading.Event()
         self._written = threading.Condition()
@@ -156,6 +159,13 @@ class WorkerExporter:
                 "resource": resource,
                 "metrics": metrics,
             }
+            if self.connections is not None and not final:
+                try:
+                    from ..connections import WORKER_ROWS
+
+                    doc["connections"] = self.connections.for_file(WORKER_ROWS)
+                except Exception as exc:  # noqa: BLE001 - the metrics are written all the same
+                    warn_once("connections", "multiworker: cannot list the live connections: %r", exc)
             try:
                 os.makedirs(self.directory, exist_ok=True)
                 write_json(self.path, doc)
@@ -265,6 +275,7 @@ def start_worker(
     resource: Any = None,
     tracer_provider: Any = None,
     signals: bool = True,
+    connections: bool = False,
     **telemetry_kwargs: Any,
 ) -> WorkerExporter:
     """Start exporting this process's traced_transport metrics to ``directory`` (idempotent per process).
@@ -276,7 +287,8 @@ def start_worker(
     (``spans=False``, ``access_log=True``, ...). Pass ``worker.telemetry`` as
     ``observer=`` to ``traced()`` / ``instrument()``, or call ``worker.instrument(...)``.
     ``signals=False`` leaves signal handling alone (final write at ``atexit`` and
-    :meth:`WorkerExporter.close` only).
+    :meth:`WorkerExporter.close` only). ``connections=True`` also writes the live
+    connections' rows (bounded) for the aggregator's ``/connections`` view.
     """
     global _active
     from opentelemetry.sdk.metrics import MeterProvider
@@ -309,7 +321,14 @@ def start_worker(
             telemetry=telemetry,
             interval=interval,
             signals=signals,
+            connections=_connections_source(telemetry.registry) if connections else None,
         )
         _active = worker
         worker.start()
         return worker
+
+
+def _connections_source(registry: Any) -> Any:
+    from ..connections import RegistryConnections
+
+    return RegistryConnections(registry, instance=f"pid {os.getpid()}")
