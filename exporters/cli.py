@@ -7,6 +7,7 @@ traced-transport run [options] -- CMD... run any Python server instrumented, scr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(subcommand="demo")  # run's arguments reuse the name "command"
 
     from . import run
 
@@ -38,12 +40,44 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_arguments(run_parser)
+    run_parser.set_defaults(subcommand="run")
     return parser
+
+
+# What each command imports beyond traced_transport, and the extra that installs it.
+_NEEDS = {
+    "run": ("exporters", ("opentelemetry.sdk", "opentelemetry.exporter.prometheus", "prometheus_client")),
+    "demo": (
+        "demo",
+        ("opentelemetry.sdk", "opentelemetry.exporter.prometheus", "prometheus_client", "aiohttp", "trustme"),
+    ),
+}
+
+
+def missing(command: str) -> list[str]:
+    """The modules ``command`` needs that are not installed."""
+    return [m for m in _NEEDS[command][1] if not _installed(m)]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    absent = missing(args.subcommand)
+    if absent:
+        extra = _NEEDS[args.subcommand][0]
+        print(
+            f"traced-transport {args.subcommand} needs {', '.join(absent)}, which is not installed: "
+            f"pip install 'traced-transport[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "demo":
         from . import demo
 
