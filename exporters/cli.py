@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if absent:
         extra = _NEEDS[args.subcommand][0]
         print(
-            f"traced-transport {args.subcommand} needs {', '.join(absent)}, which is not installed: "
+            f"traced-transport {args.subcommand} needs {', '.join(absent)} (not installed): "
             f"pip install 'traced-transport[{extra}]'",
             file=sys.stderr,
         )

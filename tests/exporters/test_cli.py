@@ -268,6 +268,5 @@ def test_missing_dependency_names_the_extra(monkeypatch, capsys, command, module
     assert cli.main([command]) == 2
     err = capsys.readouterr().err
     assert (
-        err
-        == f"traced-transport {command} needs {module}, which is not installed: pip install 'traced-transport[{extra}]'\n"
+        err == f"traced-transport {command} needs {module} (not installed): pip install 'traced-transport[{extra}]'\n"
     )
