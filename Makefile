@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-core test-conformance bench setup clean dashboards dashboards-preview
+.PHONY: demo test test-core test-conformance test-wheel test-deps-min bench setup clean dashboards dashboards-preview
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,36 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/system-deps.sh
 	timeout 1200 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
+	$(MAKE) --no-print-directory test-wheel test-deps-min
 	$(MAKE) --no-print-directory test-conformance
+
+# What users install: the wheel, not editable, in fresh venvs (.venv-wheel with the demo and framework extras,
+# .venv-core with none), its smoke suite run from a directory outside the repository.
+test-wheel: $(STAMP)
+	rm -rf .venv-wheel .venv-core
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PY) -m pip wheel -q --no-deps -w $$tmp/dist . ; \
+	wheel=$$(ls $$tmp/dist/*.whl); \
+	$(PYTHON) -m venv .venv-wheel; \
+	.venv-wheel/bin/pip install -q "$$wheel[demo,uvicorn,aiohttp,websockets,hypercorn]" pytest pytest-timeout; \
+	$(PYTHON) -m venv .venv-core; \
+	.venv-core/bin/pip install -q "$$wheel"; \
+	cp tests/wheel/test_wheel.py $$tmp/; \
+	cd $$tmp && TRACED_TRANSPORT_WHEEL=$$wheel TRACED_TRANSPORT_CORE_PYTHON=$(CURDIR)/.venv-core/bin/python \
+		timeout 300 $(CURDIR)/.venv-wheel/bin/python -m pytest -q -p no:cacheprovider -o timeout=120 test_wheel.py
+
+# The tests of the telemetry, the exporters and the integrations on the LOWEST versions pyproject.toml
+# declares (the main run above gets the newest); scripts/constraints_min.py pins them.
+.venv-min/.installed: pyproject.toml scripts/constraints_min.py
+	rm -rf .venv-min
+	$(PYTHON) -m venv .venv-min
+	$(PYTHON) scripts/constraints_min.py > .venv-min/constraints.txt
+	.venv-min/bin/pip install -q -c .venv-min/constraints.txt -e '.[test]'
+	touch $@
+
+test-deps-min: .venv-min/.installed
+	timeout 600 .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_telemetry.py tests/exporters \
+		tests/integrations --deselect tests/exporters/test_real_prometheus.py
 
 test-conformance: $(STAMP)
 	bash tests/conformance/setup_venvs.sh
@@ -43,4 +72,4 @@ bench: $(STAMP)
 	$(PY) bench/echo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-3.* build *.egg-info
+	rm -rf $(VENV) .venv-3.* .venv-wheel .venv-core .venv-min build *.egg-info

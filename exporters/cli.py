@@ -8,6 +8,7 @@ traced-transport top [URL]               watch an endpoint's live connections in
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(subcommand="demo")  # run's arguments reuse the name "command"
 
     from . import run
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_arguments(run_parser)
+    run_parser.set_defaults(subcommand="run")
 
     from . import top
 
@@ -49,12 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_arguments(top_parser)
+    top_parser.set_defaults(subcommand="top")
     return parser
+
+
+# What each command imports beyond traced_transport, and the extra that installs it.
+_NEEDS = {
+    "run": ("exporters", ("opentelemetry.sdk", "opentelemetry.exporter.prometheus", "prometheus_client")),
+    "demo": (
+        "demo",
+        ("opentelemetry.sdk", "opentelemetry.exporter.prometheus", "prometheus_client", "aiohttp", "trustme"),
+    ),
+    "top": ("top", ("textual",)),
+}
+
+
+def missing(command: str) -> list[str]:
+    """The modules ``command`` needs that are not installed."""
+    return [m for m in _NEEDS[command][1] if not _installed(m)]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    absent = missing(args.subcommand)
+    if absent:
+        extra = _NEEDS[args.subcommand][0]
+        print(
+            f"traced-transport {args.subcommand} needs {', '.join(absent)} (not installed): "
+            f"pip install 'traced-transport[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "demo":
         from . import demo
 

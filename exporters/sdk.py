@@ -216,12 +216,13 @@ def _provider_already_set(kind: str) -> Optional[bool]:
     """Whether the app set a global provider (None when this API version hides it)."""
     try:
         if kind == "metrics":
+            # No public way to ask: the proxy the API hands out before one is set is a private class.
             from opentelemetry.metrics import _internal as api
 
             return api._METER_PROVIDER is not None
-        from opentelemetry import trace as api
+        from opentelemetry import trace
 
-        return api._TRACER_PROVIDER is not None
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     except (ImportError, AttributeError):  # pragma: no cover - API internals moved
         return None
 

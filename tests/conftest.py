@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import ssl
 
@@ -39,11 +40,46 @@ def run(loop_kind):
             loop = asyncio.new_event_loop()
         try:
             return loop.run_until_complete(asyncio.wait_for(coro_fn(*args), timeout))
+        except BaseException:
+            _close_leftovers(loop)
+            raise
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     return runner
+
+
+def _close_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """After a failed or timed-out test: close the servers and transports its code had no chance to close.
+
+    Otherwise the sockets it left open (kept alive by the traceback pytest holds) are reported as a
+    ResourceWarning in whichever later test runs the garbage collector, and one failure cascades (uvloop's
+    loop.close() even hangs on them).
+    """
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # their finally blocks close what they opened
+            loop.run_until_complete(asyncio.wait(tasks, timeout=5))
+        on_uvloop = type(loop).__module__.startswith("uvloop")
+        for obj in gc.get_objects():
+            cls = type(obj)
+            if on_uvloop:
+                # uvloop's objects do not say which loop they belong to; the suite runs one loop at a time.
+                ours = cls.__module__ == "uvloop.loop"
+            else:
+                ours = getattr(obj, "_loop", None) is loop
+            if not ours:
+                continue
+            if cls.__name__ == "Server" and obj.is_serving():
+                obj.close()
+            elif cls.__name__.endswith("Transport") and hasattr(obj, "abort") and not obj.is_closing():
+                obj.abort()
+        loop.run_until_complete(asyncio.sleep(0.01))  # the connection_lost callbacks close the sockets
+    except Exception:  # noqa: BLE001 - best effort: the test's own failure is what gets reported
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -189,3 +189,40 @@ def test_traced_inline_in_the_first_call_after_uninstrument(run):
         await closed(server)
 
     run(main)
+
+
+@pytest.mark.parametrize("outer", ["instrument", "traced"])
+def test_a_factory_whose_products_are_traced_is_not_traced_again(run, outer):
+    """A factory that builds its protocol through a traced() factory (as uvicorn does with the helper's class):
+    instrument() or another traced() around it hands the connection over once; totals over all names count
+    each connection and byte once, and the loop still returns (proxy, app protocol)."""
+    registry = tt.Registry()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        inner_server = tt.traced(lambda: Collect(echo=True), name="inner-server", registry=registry)
+        inner_client = tt.traced(Collect, name="inner-client", registry=registry, side="client")
+        server_factory, client_factory = (lambda: inner_server()), (lambda: inner_client())
+        if outer == "traced":
+            server_factory = tt.traced(server_factory, name="outer-server", registry=registry)
+            client_factory = tt.traced(client_factory, name="outer-client", registry=registry, side="client")
+        else:
+            tt.instrument(server_name="outer-server", client_name="outer-client", registry=registry)
+        try:
+            server = await loop.create_server(server_factory, "127.0.0.1", 0)
+            transport, protocol = await loop.create_connection(client_factory, *server.sockets[0].getsockname())
+        finally:
+            tt.uninstrument()
+        assert tt.is_proxy(transport) and type(protocol) is Collect
+        transport.write(b"hello")
+        await protocol.wait_bytes(5)
+        transport.close()
+        await protocol.lost
+        while registry.totals().closed < 2:  # the server's side closes on the EOF (run() bounds the wait)
+            await asyncio.sleep(0.01)
+        await closed(server)
+
+    run(main)
+    everything = registry.totals()
+    assert (everything.opened, everything.rx, everything.tx) == (2, 10, 10)
+    assert registry.totals("inner-server").opened == registry.totals("inner-client").opened == 1

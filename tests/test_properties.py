@@ -98,6 +98,7 @@ def test_echo_intact_and_counted(run, script, limit, seed):
 def test_snapshots_from_another_thread_never_go_backwards(run):
     registry = tt.Registry()
     stop = threading.Event()
+    scraped = threading.Event()
     problems: list[str] = []
     scrapes = [0]
 
@@ -110,8 +111,12 @@ def test_snapshots_from_another_thread_never_go_backwards(run):
                 problems.append(f"{now} after {last}")
             last = now
             scrapes[0] += 1
+            scraped.set()
+            # Give the GIL back: a scraper spinning on it starves the loop thread on a busy machine.
+            stop.wait(0.001)
 
     async def main():
+        loop = asyncio.get_running_loop()
         server = await tt.start_server(_echo_once, "127.0.0.1", 0, name="s", registry=registry)
         port = server.sockets[0].getsockname()[1]
 
@@ -123,18 +128,21 @@ def test_snapshots_from_another_thread_never_go_backwards(run):
             await writer.wait_closed()
 
         for batch in range(10):
+            scraped.clear()
             await asyncio.gather(*(one(batch * 20 + i) for i in range(20)))
+            # At least one scrape per batch, whatever the machine's load: bounded by events, not time.
+            assert await loop.run_in_executor(None, scraped.wait, 60)
         await closed(server)
 
     thread = threading.Thread(target=scraper)
     thread.start()
     try:
-        run(main)
+        run(main, timeout=120)  # a bound for a hang, not a measure: the work is a fixed count
     finally:
         stop.set()
         thread.join()
     assert not problems
-    assert scrapes[0] > 0
+    assert scrapes[0] >= 10
     s = registry.totals("s")
     expected = sum(range(1, 201))
     assert (s.opened, s.closed, s.rx, s.tx) == (200, 200, expected, expected)

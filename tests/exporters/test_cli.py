@@ -254,3 +254,19 @@ def test_demo_brings_up_the_endpoint_and_moves_every_metric(tmp_path):
         code, output = _interrupt(proc, log)
     assert code == 0, output
     assert "final:" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "extra"), [("demo", "trustme", "demo"), ("run", "prometheus_client", "exporters")]
+)
+def test_missing_dependency_names_the_extra(monkeypatch, capsys, command, module, extra):
+    """Without what a command imports: one line naming the extra to install, exit code 2, no traceback."""
+    from traced_transport.exporters import cli
+
+    real = cli._installed
+    monkeypatch.setattr(cli, "_installed", lambda m: m != module and real(m))
+    assert cli.main([command]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"traced-transport {command} needs {module} (not installed): pip install 'traced-transport[{extra}]'\n"
+    )

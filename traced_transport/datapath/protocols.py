@@ -136,6 +136,24 @@ def _on_uvloop(loop: Any) -> bool:
     return loop is not None and type(loop).__module__.startswith("uvloop")
 
 
+class _AlreadyTraced:
+    """Stands in for a wrapper class when the factory's product is one of our wrappers already.
+
+    A factory can be traced twice over: ``instrument()`` wraps the factory
+    uvicorn builds around ``traced_transport.uvicorn.http(...)``, or an app
+    calls ``traced()`` on a factory whose products are traced. Counting such a
+    connection twice would double every sum over ``transport.name``, so the
+    outer layer hands back the inner wrapper untouched (the innermost, most
+    specific name wins). The decision is cached per class like any other, so a
+    factory that is traced once pays nothing for this.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:  # type: ignore[misc]
+        return app
+
+
 _class_cache: dict[tuple, type] = {}
 
 
@@ -153,6 +171,8 @@ def wrapper_class_for(app: Any, loop: Any = None) -> type:
 
 
 def _choose(app: Any, uvloop: bool) -> type:
+    if isinstance(app, _Wrapper):
+        return _AlreadyTraced
     if isinstance(app, asyncio.SubprocessProtocol):
         return SubprocessWrapper
     if isinstance(app, asyncio.DatagramProtocol):
@@ -175,7 +195,7 @@ def _choose(app: Any, uvloop: bool) -> type:
 def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
     """The wrapper class for ``app`` in ``rec``'s group (its span-context variant if opted in)."""
     cls = wrapper_class_for(app, loop)
-    if rec.group.parent_context:
+    if rec.group.parent_context and cls is not _AlreadyTraced:
         from .context import context_variant
 
         cls = context_variant(cls)

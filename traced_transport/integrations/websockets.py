@@ -22,12 +22,21 @@ __all__ = ["serve", "unix_serve", "connect"]
 
 def _scoped(server: Any, kwargs: dict[str, Any]) -> Any:
     create_server = server.create_server
+    if callable(create_server):  # websockets >= 17: called when the server starts
 
-    async def traced_create_server() -> Any:
-        with tracing(**kwargs):
-            return await create_server()
+        async def traced_create_server() -> Any:
+            with tracing(**kwargs):
+                return await create_server()
 
-    server.create_server = traced_create_server
+        server.create_server = traced_create_server
+    else:
+        # Older releases make the loop call's coroutine in serve() and await it when the server starts; the
+        # loop hook reads the tracing scope only then, so await it inside one.
+        async def traced_await() -> Any:
+            with tracing(**kwargs):
+                return await create_server
+
+        server.create_server = traced_await()
     return server
 
 
