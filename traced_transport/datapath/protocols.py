@@ -14,6 +14,9 @@ from typing import Any, Optional
 from . import proxy as _proxy
 from .record import ConnectionRecord
 
+_make_proxy = _proxy.make_proxy
+_set = object.__setattr__  # the proxy's own slot, past its forwarding __setattr__
+
 
 class _Wrapper:
     """Shared behaviour; the concrete classes add the protocol base and the slots."""
@@ -31,9 +34,9 @@ class _Wrapper:
         self._proxy = None
 
     def connection_made(self, transport: Any) -> None:
-        proxy = _proxy.make_proxy(transport, self, self._rec)
-        self._proxy = proxy
-        self._rec.open(transport)
+        rec = self._rec
+        proxy = self._proxy = _make_proxy(transport, self, rec)
+        rec.open(transport)
         self._made(proxy)
 
     def _made(self, proxy: Any) -> None:
@@ -43,7 +46,9 @@ class _Wrapper:
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._rec.close(exc)
-        self._detach()
+        proxy = self._proxy
+        if proxy is not None and proxy._wrapper is self:
+            _set(proxy, "_wrapper", None)  # see _detach
         self._app.connection_lost(exc)
 
     def _detach(self) -> None:
@@ -53,7 +58,7 @@ class _Wrapper:
         # refcounting alone, as they would be unwrapped.
         proxy = self._proxy
         if proxy is not None and proxy._wrapper is self:
-            proxy._wrapper = None
+            _set(proxy, "_wrapper", None)
 
     def _replace_app(self, protocol: Any, proxy: Any) -> None:
         """``proxy.set_protocol(protocol)``: keep this wrapper if the read path is the same."""

@@ -326,6 +326,8 @@ _ABCS = (
 )
 
 _classes: dict[type, type] = {}
+# Proxy classes with a _pipes slot (subprocess transports).
+_with_pipes: set[type] = set()
 
 
 def _bases_for(inner_cls: type) -> tuple:
@@ -408,18 +410,24 @@ def proxy_class_for(inner_cls: type) -> type:
                 ns[name] = _forward_attribute(name)
     ns["__slots__"] = tuple(slots)
     cls = type(f"Traced{inner_cls.__name__}", (base, *bases), ns)
+    if "_pipes" in slots:
+        _with_pipes.add(cls)
     _classes[inner_cls] = cls
     return cls
 
 
+_new = object.__new__
+_set = object.__setattr__  # the proxy's own slots, past its forwarding __setattr__
+
+
 def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
     cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
-    proxy = object.__new__(cls)
-    object.__setattr__(proxy, "_transport", inner)
-    object.__setattr__(proxy, "_wrapper", wrapper)
-    object.__setattr__(proxy, "_rec", rec)
-    if "_pipes" in cls.__slots__:
-        object.__setattr__(proxy, "_pipes", {})
+    proxy = _new(cls)
+    _set(proxy, "_transport", inner)
+    _set(proxy, "_wrapper", wrapper)
+    _set(proxy, "_rec", rec)
+    if cls in _with_pipes:
+        _set(proxy, "_pipes", {})
     return proxy
 
 

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ..report import report
-from .classify import conn_key
+from .classify import conn_key, key_for
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -31,6 +31,8 @@ ERROR = "error"  # any other exception
 TLS_FAILED = "tls_handshake_failed"
 
 _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# Ended records a registry queues before the loop folds them itself.
+MAX_ENDED = 1024
 
 
 class Observer(Protocol):
@@ -45,9 +47,28 @@ class Observer(Protocol):
 
 
 class Group:
-    """What one ``traced()`` call shares between its connections."""
+    """What one ``traced()`` call shares between its connections.
 
-    __slots__ = ("name", "side", "registry", "observer", "capture_extra", "parent_context")
+    Everything a connection would otherwise look up when it opens or closes is
+    found here once: the observer's bound hooks, the registry's live set and
+    ended queue, and the attribute sets already seen (``keys``).
+    """
+
+    __slots__ = (
+        "name",
+        "side",
+        "registry",
+        "observer",
+        "capture_extra",
+        "parent_context",
+        "keys",
+        "on_open",
+        "on_close",
+        "on_event",
+        "timed_eof",
+        "_live",
+        "_ended",
+    )
 
     def __init__(
         self,
@@ -64,6 +85,17 @@ class Group:
         self.capture_extra = capture_extra
         # The observer asks for app callbacks to run in its per-connection context.
         self.parent_context = bool(getattr(observer, "parent_context", False))
+        # (transport class, sockname shape, port) -> ConnKey; see classify.key_for.
+        self.keys: dict = {}
+        self._live = registry._live
+        self._ended = registry._ended
+        # Bound once: a connection calls them directly, not through getattr.
+        self.on_open = getattr(observer, "on_open", None)
+        self.on_close = getattr(observer, "on_close", None)
+        self.on_event = getattr(observer, "on_event", None)
+        # Whether the observer wants the time of the peer's EOF (a span event
+        # it may build at close); asking for the clock otherwise costs for nothing.
+        self.timed_eof = bool(getattr(observer, "wants_event_times", False))
 
 
 class _Rare:
@@ -145,8 +177,7 @@ class ConnectionRecord:
         "transport",  # the real transport while open (write-buffer gauge); None after close
         "_flags",  # _EOF | _LOCAL_CLOSE | _ABORTED
         "_rare",  # a _Rare, or None while every rare field has its default
-        "_prev",  # neighbours in the registry's list of live records
-        "_next",
+        "eof_at",  # monotonic time of the peer's EOF, if the observer asked for it
         "__weakref__",
     )
 
@@ -175,8 +206,7 @@ class ConnectionRecord:
         self.transport: Any = None
         self._flags = 0
         self._rare: Optional[_Rare] = None
-        self._prev: Any = None
-        self._next: Any = None
+        self.eof_at: Optional[float] = None
 
     def _rare_fields(self) -> _Rare:
         rare = self._rare
@@ -200,7 +230,7 @@ class ConnectionRecord:
         self.opened_at = monotonic()
         self.transport = transport
         try:
-            self.key = conn_key(group, transport)
+            self.key = key_for(group, transport)
         except Exception as exc:  # noqa: BLE001
             report("classify", exc)
             self.key = conn_key(group, None)
@@ -208,9 +238,12 @@ class ConnectionRecord:
             from .extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
-        group.registry._opened(self)
-        if group.observer is not None:
-            self.notify("on_open", transport)
+        group._live.add(self)
+        if group.on_open is not None:
+            try:
+                group.on_open(self, transport)
+            except Exception as exc:  # noqa: BLE001
+                report("observer.on_open", exc)
 
     def close(self, exc: Optional[BaseException], reason: Optional[str] = None) -> None:
         """End the record once; later calls do nothing."""
@@ -223,7 +256,7 @@ class ConnectionRecord:
                 self.reading_resumed()
             if rare.write_paused_since is not None:
                 self.writing_resumed()
-        now = monotonic()
+        self.closed_at = monotonic()
         if reason is not None:
             self.close_reason = reason
             self.error_type = reason if exc is None else type(exc).__name__
@@ -239,12 +272,21 @@ class ConnectionRecord:
             self.close_reason = EOF
         else:
             self.close_reason = CLOSED
-        self.closed_at = now
-        self.transport = None
         group = self.group
-        group.registry._closed_record(self)
-        if group.observer is not None:
-            self.notify("on_close", exc)
+        # Into the ended queue first, then out of the live set: a reader in
+        # between sees it in both and counts it once (see Registry.snapshot).
+        ended = group._ended
+        ended.append(self)
+        group._live.discard(self)
+        if len(ended) > MAX_ENDED:
+            group.registry._fold_now()
+        if group.on_close is not None:
+            try:
+                group.on_close(self, exc)
+            except Exception as exc2:  # noqa: BLE001
+                report("observer.on_close", exc2)
+        # Kept until the observer is done: it may read get_extra_info at close.
+        self.transport = None
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated
@@ -286,11 +328,22 @@ class ConnectionRecord:
     def eof_received(self) -> None:
         if not self._flags & _EOF:
             self._flags |= _EOF
-            if self.group.observer is not None:
-                self.notify("on_event", "eof", None)
+            group = self.group
+            if group.timed_eof:
+                self.eof_at = monotonic()
+            if group.on_event is not None:
+                try:
+                    group.on_event(self, "eof", None)
+                except Exception as exc:  # noqa: BLE001
+                    report("observer.on_event", exc)
 
     def _event(self, name: str, seconds: Optional[float] = None) -> None:
-        self.notify("on_event", name, seconds)
+        on_event = self.group.on_event
+        if on_event is not None:
+            try:
+                on_event(self, name, seconds)
+            except Exception as exc:  # noqa: BLE001
+                report("observer.on_event", exc)
 
     def notify(self, hook: str, *args: Any, optional: bool = False) -> None:
         """Call the observer's ``hook(self, *args)``; its failures never reach the app.

@@ -14,8 +14,6 @@ from ..datapath.record import ConnectionRecord, Group, Observer
 from ..datapath.registry import Registry, default_registry
 from . import patches
 
-_class_cache = _protocols._class_cache
-
 SIDES = ("server", "client")
 
 # ``name`` is a metric label: every distinct value is another set of series in
@@ -89,24 +87,32 @@ def _admit_name(name: str) -> None:
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_last", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
+        # (app class, loop class, wrapper class) of the last connection: a
+        # factory nearly always makes one class of protocol on one kind of loop.
+        self._last: tuple = (None, None, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
         loop = _get_running_loop()
-        loop_cls = type(loop)
-        if loop_cls not in patches._seen and loop is not None:
-            patches.ensure(loop_cls)
-        group = self.group
-        # _protocols.wrap() inlined for the common case (runs once per connection).
-        cls = _class_cache.get((type(app), loop_cls))
-        if cls is None or group.parent_context:
-            return _protocols.wrap(app, ConnectionRecord(group), loop)
-        return cls(app, ConnectionRecord(group))
+        app_cls, loop_cls, cls = self._last
+        if type(app) is app_cls and type(loop) is loop_cls:
+            return cls(app, ConnectionRecord(self.group))
+        return self._first(app, loop)
+
+    def _first(self, app: Any, loop: Any) -> Any:
+        # A new app class or loop: check the loop's hooks, find the wrapper class once.
+        if loop is not None and type(loop) not in patches._seen:
+            patches.ensure(type(loop))
+        rec = ConnectionRecord(self.group)
+        cls = _protocols.wrapper_class(app, rec, loop)
+        if loop is not None:
+            self._last = (type(app), type(loop), cls)
+        return cls(app, rec)
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"
