@@ -66,6 +66,7 @@ class Group:
         "on_close",
         "on_event",
         "timed_eof",
+        "span_policy",
         "_live",
         "_ended",
     )
@@ -77,6 +78,7 @@ class Group:
         registry: Registry,
         observer: Optional[Observer] = None,
         capture_extra: bool = False,
+        span_policy: Any = None,
     ):
         self.name = name
         self.side = side
@@ -96,6 +98,8 @@ class Group:
         # Whether the observer wants the time of the peer's EOF (a span event
         # it may build at close); asking for the clock otherwise costs for nothing.
         self.timed_eof = bool(getattr(observer, "wants_event_times", False))
+        # This listener's span policy, over the observer's own (None: the observer's).
+        self.span_policy = span_policy
 
 
 class _Rare:
@@ -114,6 +118,7 @@ class _Rare:
         "write_paused_s",
         "tls_handshake_s",
         "extra",
+        "event_at",
     )
 
     def __init__(self) -> None:
@@ -125,6 +130,8 @@ class _Rare:
         self.write_paused_s = 0.0
         self.tls_handshake_s: Optional[float] = None
         self.extra: Optional[dict] = None
+        # When the last flow-control transition happened (observers timestamp events with it).
+        self.event_at = 0.0
 
 
 def _rare_field(name: str, default: Any) -> property:
@@ -295,7 +302,7 @@ class ConnectionRecord:
         if self.closed_at is None:
             rare = self._rare_fields()
             if rare.read_paused_since is None:
-                rare.read_paused_since = monotonic()
+                rare.read_paused_since = rare.event_at = monotonic()
                 rare.read_pauses += 1
                 self._event("reading.paused")
 
@@ -304,7 +311,8 @@ class ConnectionRecord:
         since = None if rare is None else rare.read_paused_since
         if since is not None:
             rare.read_paused_since = None
-            paused = monotonic() - since
+            now = rare.event_at = monotonic()
+            paused = now - since
             rare.read_paused_s += paused
             self._event("reading.resumed", paused)
 
@@ -312,7 +320,7 @@ class ConnectionRecord:
         if self.closed_at is None:
             rare = self._rare_fields()
             if rare.write_paused_since is None:
-                rare.write_paused_since = monotonic()
+                rare.write_paused_since = rare.event_at = monotonic()
                 rare.write_pauses += 1
                 self._event("writing.paused")
 
@@ -321,7 +329,8 @@ class ConnectionRecord:
         since = None if rare is None else rare.write_paused_since
         if since is not None:
             rare.write_paused_since = None
-            paused = monotonic() - since
+            now = rare.event_at = monotonic()
+            paused = now - since
             rare.write_paused_s += paused
             self._event("writing.resumed", paused)
 

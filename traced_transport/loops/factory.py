@@ -126,6 +126,7 @@ def traced(
     registry: Optional[Registry] = None,
     observer: Optional[Observer] = None,
     capture_extra: bool = False,
+    span_policy: Any = None,
 ) -> TracedProtocolFactory:
     """Wrap ``protocol_factory`` so that its connections get proxy transports.
 
@@ -139,6 +140,10 @@ def traced(
     keeps a snapshot of ``get_extra_info`` (peer, TLS, certificate) in each
     record's ``extra``; it is off by default because it costs memory and time
     per connection.
+
+    ``span_policy`` chooses which of these connections get a span, decided when
+    each ends (e.g. ``"errors,slower_than=5"``; see
+    ``traced_transport.telemetry.policy``); None: the observer's policy.
 
     At most 100 distinct names are accepted per process (see
     :func:`set_max_transport_names`); one more raises ``ValueError``.
@@ -158,5 +163,10 @@ def traced(
         observer = default_telemetry()
     if registry is None:
         registry = getattr(observer, "registry", None) or default_registry
-    group = Group(name, side, registry, observer, capture_extra)
+    if span_policy is not None:
+        from ..telemetry.policy import SpanPolicy
+
+        if not isinstance(span_policy, SpanPolicy):
+            span_policy = SpanPolicy(span_policy)
+    group = Group(name, side, registry, observer, capture_extra, span_policy)
     return TracedProtocolFactory(protocol_factory, group)
