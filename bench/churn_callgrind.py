@@ -155,12 +155,12 @@ def functions(path: str, inclusive: bool) -> dict[str, int]:
     return out
 
 
-def profile(mode: str, loop_kind: str, top: int) -> None:
-    """Per function: instructions per connection in ``mode`` minus those in plain."""
+def profile(mode: str, loop_kind: str, top: int, base: str = "plain") -> None:
+    """Per function: instructions per connection in ``mode`` minus those in ``base``."""
     per_conn: dict[str, dict[str, dict[str, float]]] = {}
     totals = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for m in ("plain", mode):
+        for m in (base, mode):
             ir = {}
             files = {}
             for n in (SMALL, LARGE):
@@ -174,11 +174,11 @@ def profile(mode: str, loop_kind: str, top: int) -> None:
                 per_conn[m][kind] = {
                     f: (large.get(f, 0) - small.get(f, 0)) / (LARGE - SMALL) for f in set(small) | set(large)
                 }
-    added = totals[mode] - totals["plain"]
-    print(f"\n{loop_kind} {mode}: {totals[mode]:,.0f} instructions per connection, +{added:,.0f} over plain")
+    added = totals[mode] - totals[base]
+    print(f"\n{loop_kind} {mode}: {totals[mode]:,.0f} instructions per connection, +{added:,.0f} over {base}")
     for kind in ("inclusive", "self"):
-        ours, base = per_conn[mode][kind], per_conn["plain"][kind]
-        diff = sorted(((ours.get(f, 0) - base.get(f, 0), f) for f in set(ours) | set(base)), reverse=True)
+        ours, theirs = per_conn[mode][kind], per_conn[base][kind]
+        diff = sorted(((ours.get(f, 0) - theirs.get(f, 0), f) for f in set(ours) | set(theirs)), reverse=True)
         print(f"\n| {kind} instructions added per connection | function |")
         print("|---:|---|")
         for value, f in diff[:top]:
@@ -195,11 +195,12 @@ def main() -> None:
     parser.add_argument("--modes", default=DEFAULT_MODES)
     parser.add_argument("--profile", metavar="MODE", help="per-function profile of MODE against plain")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--base", default="plain", help="the mode --profile compares with")
     args = parser.parse_args()
     loops = ("uvloop", "asyncio") if args.loop == "both" else (args.loop,)
     if args.profile:
         for loop_kind in loops:
-            profile(args.profile, loop_kind, args.top)
+            profile(args.profile, loop_kind, args.top, args.base)
         return
     rows = []
     for loop_kind in loops:

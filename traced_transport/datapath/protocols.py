@@ -15,6 +15,8 @@ from . import proxy as _proxy
 from .record import ConnectionRecord
 
 _make_proxy = _proxy.make_proxy
+_new = object.__new__
+_new_record = ConnectionRecord._fast
 _set = object.__setattr__  # the proxy's own slot, past its forwarding __setattr__
 
 
@@ -32,6 +34,15 @@ class _Wrapper:
         self._app = app
         self._rec = rec
         self._proxy = None
+
+    @classmethod
+    def _for(cls, app: Any, group: Any) -> _Wrapper:
+        """``cls(app, ConnectionRecord(group))`` without two type calls (once per connection)."""
+        wrapper = _new(cls)
+        wrapper._app = app
+        wrapper._rec = _new_record(group)
+        wrapper._proxy = None
+        return wrapper
 
     def connection_made(self, transport: Any) -> None:
         rec = self._rec

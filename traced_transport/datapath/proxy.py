@@ -417,17 +417,27 @@ def proxy_class_for(inner_cls: type) -> type:
 
 
 _new = object.__new__
-_set = object.__setattr__  # the proxy's own slots, past its forwarding __setattr__
+# Proxy class -> the __set__ of its own slots' descriptors: past the forwarding
+# __setattr__, and cheaper than object.__setattr__ (no attribute lookup by name).
+_slot_setters: dict[type, tuple] = {}
+
+
+def _setters_for(cls: type) -> tuple:
+    setters = _slot_setters[cls] = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec")) + (
+        cls in _with_pipes,
+    )
+    return setters
 
 
 def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
     cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
+    set_transport, set_wrapper, set_rec, pipes = _slot_setters.get(cls) or _setters_for(cls)
     proxy = _new(cls)
-    _set(proxy, "_transport", inner)
-    _set(proxy, "_wrapper", wrapper)
-    _set(proxy, "_rec", rec)
-    if cls in _with_pipes:
-        _set(proxy, "_pipes", {})
+    set_transport(proxy, inner)
+    set_wrapper(proxy, wrapper)
+    set_rec(proxy, rec)
+    if pipes:
+        object.__setattr__(proxy, "_pipes", {})
     return proxy
 
 

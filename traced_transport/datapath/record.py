@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 monotonic = time.monotonic
+_new = object.__new__
 # Wall-clock time of a monotonic instant, for access logs and span timestamps,
 # without a second clock read per event.
 WALL_OFFSET = time.time() - time.monotonic()
@@ -66,6 +67,7 @@ class Group:
         "on_close",
         "on_event",
         "timed_eof",
+        "eof_event",
         "span_policy",
         "_live",
         "_ended",
@@ -92,7 +94,12 @@ class Group:
         self._live = registry._live
         self._ended = registry._ended
         # Bound once: a connection calls them directly, not through getattr.
-        self.on_open = getattr(observer, "on_open", None)
+        # An observer with nothing to do when some group's connections open says
+        # so (wants_open), and those connections skip the call.
+        wants_open = getattr(observer, "wants_open", None)
+        self.on_open = getattr(observer, "on_open", None) if wants_open is None or wants_open(self) else None
+        # And whether it wants the peer's EOF as an event (it may only need its time).
+        self.eof_event = bool(getattr(observer, "wants_eof_event", True))
         self.on_close = getattr(observer, "on_close", None)
         self.on_event = getattr(observer, "on_event", None)
         # Whether the observer wants the time of the peer's EOF (a span event
@@ -214,6 +221,27 @@ class ConnectionRecord:
         self._flags = 0
         self._rare: Optional[_Rare] = None
         self.eof_at: Optional[float] = None
+
+    @classmethod
+    def _fast(cls, group: Group) -> ConnectionRecord:
+        """``ConnectionRecord(group)`` without the type call's ``__init__`` lookup and frame.
+
+        Once per connection. Sets the same fields as ``__init__`` (a test checks)."""
+        rec = _new(cls)
+        rec.group = group
+        rec.key = None
+        rec.rx = 0
+        rec.tx = 0
+        rec.opened_at = 0.0
+        rec.closed_at = None
+        rec.close_reason = None
+        rec.error_type = None
+        rec.state = None
+        rec.transport = None
+        rec._flags = 0
+        rec._rare = None
+        rec.eof_at = None
+        return rec
 
     def _rare_fields(self) -> _Rare:
         rare = self._rare
@@ -340,7 +368,7 @@ class ConnectionRecord:
             group = self.group
             if group.timed_eof:
                 self.eof_at = monotonic()
-            if group.on_event is not None:
+            if group.eof_event and group.on_event is not None:
                 try:
                     group.on_event(self, "eof", None)
                 except Exception as exc:  # noqa: BLE001

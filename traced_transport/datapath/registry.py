@@ -94,25 +94,35 @@ class Registry:
         self._ended: deque[ConnectionRecord] = deque()
         self._closed: dict[ConnKey, Totals] = {}
 
-    def _fold(self) -> set:
-        """Under the lock: ended records into the closed totals; their ids."""
-        ended = self._ended
+    def _fold(self, folded: Optional[set] = None) -> None:
+        """Under the lock: ended records into the closed totals (their ids into ``folded``).
+
+        Once per connection, batched: Totals.add_counts is inlined."""
+        popleft = self._ended.popleft
         closed = self._closed
-        folded = set()
         while True:
             try:
-                rec = ended.popleft()
+                rec = popleft()
             except IndexError:
-                return folded
-            folded.add(id(rec))
+                return
+            if folded is not None:
+                folded.add(id(rec))
             t = closed.get(rec.key)
             if t is None:
                 t = closed[rec.key] = Totals()
             t.opened += 1
             t.closed += 1
-            t.add_counts(rec)
+            t.rx += rec.rx
+            t.tx += rec.tx
+            rare = rec._rare
+            if rare is not None:
+                t.read_pauses += rare.read_pauses
+                t.write_pauses += rare.write_pauses
+                t.read_paused_s += rare.read_paused_s
+                t.write_paused_s += rare.write_paused_s
+            reasons = t.close_reasons
             reason = rec.close_reason
-            t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
+            reasons[reason] = reasons.get(reason, 0) + 1
 
     def _fold_now(self) -> None:
         """On the loop, when the queue is long: fold it unless a reader is at it."""
@@ -125,7 +135,8 @@ class Registry:
     def snapshot(self) -> Snapshot:
         with self._lock:
             live = list(self._live)  # one C call: atomic under the GIL
-            folded = self._fold()
+            folded: set = set()
+            self._fold(folded)
             if folded:
                 # Ended after the copy above: counted in the totals now.
                 live = [rec for rec in live if id(rec) not in folded]

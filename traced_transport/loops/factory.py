@@ -92,16 +92,16 @@ class TracedProtocolFactory:
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # (app class, loop class, wrapper class) of the last connection: a
-        # factory nearly always makes one class of protocol on one kind of loop.
+        # (app class, loop class, wrapper class's _for) of the last connection:
+        # a factory nearly always makes one class of protocol on one kind of loop.
         self._last: tuple = (None, None, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
         loop = _get_running_loop()
-        app_cls, loop_cls, cls = self._last
+        app_cls, loop_cls, make = self._last
         if type(app) is app_cls and type(loop) is loop_cls:
-            return cls(app, ConnectionRecord(self.group))
+            return make(app, self.group)
         return self._first(app, loop)
 
     def _first(self, app: Any, loop: Any) -> Any:
@@ -111,7 +111,7 @@ class TracedProtocolFactory:
         rec = ConnectionRecord(self.group)
         cls = _protocols.wrapper_class(app, rec, loop)
         if loop is not None:
-            self._last = (type(app), type(loop), cls)
+            self._last = (type(app), type(loop), cls._for)
         return cls(app, rec)
 
     def __repr__(self) -> str:

@@ -36,7 +36,7 @@ _USAGE = (
 class SpanPolicy:
     """A parsed span policy; ``keep(record, longest_pause)`` runs once per ended connection."""
 
-    __slots__ = ("text", "all", "errors", "slower_than", "paused_longer_than", "ratio")
+    __slots__ = ("text", "all", "errors", "slower_than", "paused_longer_than", "ratio", "slow")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -70,6 +70,8 @@ class SpanPolicy:
                     setattr(self, name, number)
             else:
                 raise ValueError(f"span policy {text!r}: unknown condition {word!r}; expected {_USAGE}")
+        # slower_than as a number that every duration is under when it is not set.
+        self.slow = math.inf if self.slower_than is None else self.slower_than
 
     @property
     def keeps_nothing(self) -> bool:
@@ -99,7 +101,7 @@ class SpanPolicy:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SpanPolicy):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__ if f != "text")
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__ if f not in ("text", "slow"))
 
     __hash__ = None  # type: ignore[assignment]
 

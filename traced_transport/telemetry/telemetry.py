@@ -123,8 +123,10 @@ class Telemetry:
         self.access_log = access_log
         self.spans = spans
         self.parent_context = parent_context
-        # Records time the peer's EOF only when a span may be built from them.
+        # Records time the peer's EOF only when a span may be built from them,
+        # and only eager spans take it as an event when it happens.
         self.wants_event_times = bool(spans)
+        self.wants_eof_event = bool(spans and parent_context)
         self._attrs: dict[tuple, dict] = {}
         self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
@@ -342,6 +344,13 @@ class Telemetry:
         Without one, spans would be no-ops: then the tracer is not called."""
         return not self._global_tracer or self._global_tracer_set()
 
+    def wants_open(self, group: Any) -> bool:
+        """Whether ``group``'s connections need on_open: eager spans, access logs, a client's parent.
+
+        A server's deferred span needs nothing when the connection opens (a TLS
+        one's details are taken by on_tls), so its connections skip the call."""
+        return bool(self.parent_context or self.access_log or (self.spans and group.side == "client"))
+
     def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
         if self.spans:
             if self.parent_context:
@@ -436,11 +445,15 @@ class Telemetry:
         self._record(self._handshake, rec.tls_handshake_s, key, None, cipher, version)
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
-        key = rec.key
         duration = rec.closed_at - rec.opened_at
         span_context = None
         state = rec.state
-        if isinstance(state, _SpanState):
+        if state is None and rec.error_type is None and self.spans and not self.parent_context:
+            # Most connections: clean, never paused. The policy's quick answer, without a call.
+            policy = rec.group.span_policy or self.span_policy
+            if (policy.all or duration > policy.slow or policy.ratio) and policy.keep(rec) and self._tracing():
+                span_context = self._build_span(rec, exc, None)
+        elif isinstance(state, _SpanState):
             rec.state = None
             span_context = self._end_eager(rec, exc, state)
         elif self.spans and not self.parent_context:
@@ -451,14 +464,22 @@ class Telemetry:
                 span_context = self._build_span(rec, exc, deferred)
         self._record_duration(rec, duration, span_context)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
+            self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
         if self.access_log:
             self._log_access(rec, duration)
 
     def _record_duration(self, rec: ConnectionRecord, duration: float, span_context: Any) -> None:
         """The connection's duration into its histogram; ``span_context`` is the kept span's
         SpanContext (None when no span was kept or sampled), for an exemplar."""
-        self._record(self._duration, duration, rec.key, rec.error_type)
+        cache_key = (rec.key, rec.error_type, None, None)
+        attributes = self._attrs.get(cache_key) or self._attributes_for(cache_key)
+        instrument, aggregate = self._duration
+        aggregate.record(duration, cache_key, attributes)
+        if not self._histogram_readers:
+            pending = self._pending
+            pending.append((instrument, duration, attributes))
+            if len(pending) > self.max_pending:
+                self.flush()
 
     def _end_attributes(self, rec: ConnectionRecord, dropped: int) -> dict:
         end_attrs: dict[str, Any] = {
