@@ -248,3 +248,36 @@ def test_span_built_at_close_equals_the_eager_one(run, scenario):
         assert names == ["exception"] and view["attributes"]["error.type"] == "ConnectionResetError"
     assert view["start_time"] < view["end_time"]
     assert view["attributes"]["network.peer.address"] == "127.0.0.1"
+
+
+def test_client_connection_span_keeps_the_parent_it_opened_in(run):
+    provider = CountingProvider()
+    telemetry = tt.Telemetry(tt.Registry(), tracer_provider=provider, span_policy="all")
+    tracer = TracerProvider().get_tracer("app")
+
+    async def main():
+        with tracer.start_as_current_span("request") as request:
+            server, s_app, c_tr, c_app = await tcp_pair(
+                wrap_client=lambda f: tt.traced(f, name="c", side="client", observer=telemetry)
+            )
+        c_tr.close()
+        await s_app.lost
+        await c_app.lost
+        await closed(server)
+        return request.get_span_context()
+
+    parent = run(main)
+    (span,) = provider.spans()
+    assert span.name == "c connection" and span.parent.span_id == parent.span_id
+    assert span.context.trace_id == parent.trace_id
+
+
+def test_server_groups_skip_on_open_and_dropped_connections_cost_no_span_call(run):
+    provider = CountingProvider()
+    telemetry = tt.Telemetry(tt.Registry(), tracer_provider=provider)  # the default policy
+    server_group = tt.traced(Collect, name="s", observer=telemetry).group
+    assert server_group.on_open is None and not server_group.eof_event and server_group.timed_eof
+    client_group = tt.traced(Collect, name="c", side="client", observer=telemetry).group
+    assert client_group.on_open is not None
+    run(SCENARIOS["paused"], lambda f: tt.traced(f, name="s", observer=telemetry, span_policy=DEFAULT))
+    assert provider.starts == 0

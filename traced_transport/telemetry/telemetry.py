@@ -75,6 +75,10 @@ def _ns(monotonic_s: float) -> int:
     return int((monotonic_s + WALL_OFFSET) * 1e9)
 
 
+def _at(event: tuple) -> float:
+    return event[1]
+
+
 def _event_time(rec: ConnectionRecord, name: str) -> float:
     """When the record saw the transition ``name`` (one clock for eager and deferred spans)."""
     if name == "eof":
@@ -516,7 +520,8 @@ class Telemetry:
         dropped = 0 if deferred is None else deferred.dropped
         if rec.eof_at is not None:
             # The EOF goes where its time puts it among the pauses, under the same cap.
-            events = sorted([*events, ("eof", rec.eof_at, None)], key=lambda e: e[1])
+            eof = ("eof", rec.eof_at, None)
+            events = [*events, eof] if not events or events[-1][1] <= rec.eof_at else sorted([*events, eof], key=_at)
             if len(events) > self.max_span_events:
                 dropped += len(events) - self.max_span_events
                 events = events[: self.max_span_events]
