@@ -281,3 +281,18 @@ def test_server_groups_skip_on_open_and_dropped_connections_cost_no_span_call(ru
     assert client_group.on_open is not None
     run(SCENARIOS["paused"], lambda f: tt.traced(f, name="s", observer=telemetry, span_policy=DEFAULT))
     assert provider.starts == 0
+
+
+def test_a_failing_span_at_close_still_records_the_duration(run):
+    class Broken(CountingProvider):
+        def get_tracer(self, *args, **kwargs):
+            class Raising:
+                def start_span(self, *a, **kw):
+                    raise RuntimeError("SDK broke")
+
+            return Raising()
+
+    telemetry = tt.Telemetry(tt.Registry(), tracer_provider=Broken(), span_policy="all")
+    run(SCENARIOS["clean"], lambda f: tt.traced(f, name="s", observer=telemetry))
+    _, points = telemetry.histograms["transport.connection.duration"].points()
+    assert sum(p.count for p in points if p.attributes["transport.name"] == "s") == 1

@@ -48,11 +48,11 @@ class _Wrapper:
         rec = self._rec
         proxy = self._proxy = _make_proxy(transport, self, rec)
         rec.open(transport)
-        self._made(proxy)
+        # The span-context variant calls _made instead, once rec.open() has
+        # started the span whose context it runs the app's callback in.
+        self._app.connection_made(proxy)
 
     def _made(self, proxy: Any) -> None:
-        # Separate so the span-context variant can run it inside the span
-        # that rec.open() just started.
         self._app.connection_made(proxy)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:

@@ -452,20 +452,24 @@ class Telemetry:
         duration = rec.closed_at - rec.opened_at
         span_context = None
         state = rec.state
-        if state is None and rec.error_type is None and self.spans and not self.parent_context:
-            # Most connections: clean, never paused. The policy's quick answer, without a call.
-            policy = rec.group.span_policy or self.span_policy
-            if (policy.all or duration > policy.slow or policy.ratio) and policy.keep(rec) and self._tracing():
-                span_context = self._build_span(rec, exc, None)
-        elif isinstance(state, _SpanState):
-            rec.state = None
-            span_context = self._end_eager(rec, exc, state)
-        elif self.spans and not self.parent_context:
-            deferred = state if isinstance(state, _Deferred) else None
-            policy = rec.group.span_policy or self.span_policy
-            if policy.keep(rec, deferred.longest_pause if deferred is not None else 0.0) and self._tracing():
+        try:
+            if state is None and rec.error_type is None and self.spans and not self.parent_context:
+                # Most connections: clean, never paused. The policy's quick answer, without a call.
+                policy = rec.group.span_policy or self.span_policy
+                if (policy.all or duration > policy.slow or policy.ratio) and policy.keep(rec) and self._tracing():
+                    span_context = self._build_span(rec, exc, None)
+            elif isinstance(state, _SpanState):
                 rec.state = None
-                span_context = self._build_span(rec, exc, deferred)
+                span_context = self._end_eager(rec, exc, state)
+            elif self.spans and not self.parent_context:
+                deferred = state if isinstance(state, _Deferred) else None
+                policy = rec.group.span_policy or self.span_policy
+                if policy.keep(rec, deferred.longest_pause if deferred is not None else 0.0) and self._tracing():
+                    rec.state = None
+                    span_context = self._build_span(rec, exc, deferred)
+        except Exception as exc2:  # noqa: BLE001 - the SDK's failure must not cost the metrics below
+            report("observer.on_close.span", exc2)
+        # After the span: its SpanContext is known here (for an exemplar).
         self._record_duration(rec, duration, span_context)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
             self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
