@@ -10,6 +10,10 @@ import ssl
 import pytest
 from _helpers import require_binary
 
+# The tests written before span policies expect a span for every connection (the
+# eager behaviour); tests/test_span_policy.py sets its policies explicitly.
+os.environ.setdefault("TRACED_TRANSPORT_SPAN_POLICY", "all")
+
 import traced_transport as tt
 
 try:

@@ -92,3 +92,35 @@ def _conn_key_from_socket(group: Any, transport: Any, get: Any) -> ConnKey:
                 _inet_kind.setdefault(type(transport), net_transport)
     tls = tls_version_of(transport) if net_transport != "pipe" else None
     return _intern((group.name, group.side, net_transport, net_type, port, tls))
+
+
+# Transport classes seen carrying TLS (the version is part of the key) or an
+# unusual sockname: their connections are classified one by one.
+_uncached: set[type] = set()
+
+
+def key_for(group: Any, transport: Any) -> ConnKey:
+    """``conn_key``, cached per group on what can differ between its connections.
+
+    A group's connections on one transport class share every attribute but the
+    address family and, on the server side, the listening port: both show in
+    the sockname, so one get_extra_info call and a dict lookup classify a
+    connection whose kind was seen before.
+    """
+    cls = type(transport)
+    if cls in _inet_kind and cls not in _uncached:
+        sockname = transport.get_extra_info("sockname")
+        if type(sockname) is tuple and sockname:
+            cache_key = (cls, len(sockname), sockname[1] if group.side == "server" else None)
+            key = group.keys.get(cache_key)
+            if key is None:
+                key = conn_key(group, transport)
+                if key.tls_version is None and key.network_type is not None:
+                    group.keys[cache_key] = key
+                else:
+                    _uncached.add(cls)
+            return key
+    key = conn_key(group, transport)
+    if key.tls_version is not None:
+        _uncached.add(cls)
+    return key

@@ -14,6 +14,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from .proxy import make_proxy
+
 _APP_CALLBACKS = (
     "_made",
     "connection_lost",
@@ -48,10 +50,18 @@ def _in_span_context(method: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _connection_made(self: Any, transport: Any) -> None:
+    # The base class's, with the app's callback through _made (run in the span's context).
+    rec = self._rec
+    proxy = self._proxy = make_proxy(transport, self, rec)
+    rec.open(transport)
+    self._made(proxy)
+
+
 def context_variant(cls: type) -> type:
     variant = _variants.get(cls)
     if variant is None:
-        ns: dict[str, Any] = {"__slots__": ()}
+        ns: dict[str, Any] = {"__slots__": (), "connection_made": _connection_made}
         for name in _APP_CALLBACKS:
             method = getattr(cls, name, None)
             if method is not None and name in dir(cls):

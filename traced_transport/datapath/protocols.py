@@ -14,6 +14,11 @@ from typing import Any, Optional
 from . import proxy as _proxy
 from .record import ConnectionRecord
 
+_make_proxy = _proxy.make_proxy
+_new = object.__new__
+_new_record = ConnectionRecord._fast
+_set = object.__setattr__  # the proxy's own slot, past its forwarding __setattr__
+
 
 class _Wrapper:
     """Shared behaviour; the concrete classes add the protocol base and the slots."""
@@ -30,20 +35,31 @@ class _Wrapper:
         self._rec = rec
         self._proxy = None
 
+    @classmethod
+    def _for(cls, app: Any, group: Any) -> _Wrapper:
+        """``cls(app, ConnectionRecord(group))`` without two type calls (once per connection)."""
+        wrapper = _new(cls)
+        wrapper._app = app
+        wrapper._rec = _new_record(group)
+        wrapper._proxy = None
+        return wrapper
+
     def connection_made(self, transport: Any) -> None:
-        proxy = _proxy.make_proxy(transport, self, self._rec)
-        self._proxy = proxy
-        self._rec.open(transport)
-        self._made(proxy)
+        rec = self._rec
+        proxy = self._proxy = _make_proxy(transport, self, rec)
+        rec.open(transport)
+        # The span-context variant calls _made instead, once rec.open() has
+        # started the span whose context it runs the app's callback in.
+        self._app.connection_made(proxy)
 
     def _made(self, proxy: Any) -> None:
-        # Separate so the span-context variant can run it inside the span
-        # that rec.open() just started.
         self._app.connection_made(proxy)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._rec.close(exc)
-        self._detach()
+        proxy = self._proxy
+        if proxy is not None and proxy._wrapper is self:
+            _set(proxy, "_wrapper", None)  # see _detach
         self._app.connection_lost(exc)
 
     def _detach(self) -> None:
@@ -53,7 +69,7 @@ class _Wrapper:
         # refcounting alone, as they would be unwrapped.
         proxy = self._proxy
         if proxy is not None and proxy._wrapper is self:
-            proxy._wrapper = None
+            _set(proxy, "_wrapper", None)
 
     def _replace_app(self, protocol: Any, proxy: Any) -> None:
         """``proxy.set_protocol(protocol)``: keep this wrapper if the read path is the same."""
@@ -151,6 +167,10 @@ class _AlreadyTraced:
     __slots__ = ()
 
     def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:  # type: ignore[misc]
+        return app
+
+    @staticmethod
+    def _for(app: Any, group: Any) -> Any:
         return app
 
 

@@ -327,6 +327,8 @@ _ABCS = (
 )
 
 _classes: dict[type, type] = {}
+# Proxy classes with a _pipes slot (subprocess transports).
+_with_pipes: set[type] = set()
 
 
 def _bases_for(inner_cls: type) -> tuple:
@@ -442,17 +444,33 @@ def proxy_class_for(inner_cls: type) -> type:
     ns["__slots__"] = tuple(slots)
     # The forwarding base first, so its __setattr__/__getattr__ come before anything the ABCs define.
     cls = type(f"Traced{inner_cls.__name__}", (base, *bases), ns)
+    if "_pipes" in slots:
+        _with_pipes.add(cls)
     _classes[inner_cls] = cls
     return cls
 
 
+_new = object.__new__
+# Proxy class -> the __set__ of its own slots' descriptors: past the forwarding
+# __setattr__, and cheaper than object.__setattr__ (no attribute lookup by name).
+_slot_setters: dict[type, tuple] = {}
+
+
+def _setters_for(cls: type) -> tuple:
+    setters = _slot_setters[cls] = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec")) + (
+        cls in _with_pipes,
+    )
+    return setters
+
+
 def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
     cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
-    proxy = object.__new__(cls)
-    object.__setattr__(proxy, "_transport", inner)
-    object.__setattr__(proxy, "_wrapper", wrapper)
-    object.__setattr__(proxy, "_rec", rec)
-    if "_pipes" in cls.__slots__:
+    set_transport, set_wrapper, set_rec, pipes = _slot_setters.get(cls) or _setters_for(cls)
+    proxy = _new(cls)
+    set_transport(proxy, inner)
+    set_wrapper(proxy, wrapper)
+    set_rec(proxy, rec)
+    if pipes:
         object.__setattr__(proxy, "_pipes", {})
     return proxy
 

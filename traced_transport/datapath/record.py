@@ -11,12 +11,13 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ..report import report
-from .classify import conn_key
+from .classify import conn_key, key_for
 
 if TYPE_CHECKING:
     from .registry import Registry
 
 monotonic = time.monotonic
+_new = object.__new__
 # Wall-clock time of a monotonic instant, for access logs and span timestamps,
 # without a second clock read per event.
 WALL_OFFSET = time.time() - time.monotonic()
@@ -31,6 +32,8 @@ ERROR = "error"  # any other exception
 TLS_FAILED = "tls_handshake_failed"
 
 _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# Ended records a registry queues before the loop folds them itself.
+MAX_ENDED = 1024
 
 
 class Observer(Protocol):
@@ -45,9 +48,30 @@ class Observer(Protocol):
 
 
 class Group:
-    """What one ``traced()`` call shares between its connections."""
+    """What one ``traced()`` call shares between its connections.
 
-    __slots__ = ("name", "side", "registry", "observer", "capture_extra", "parent_context")
+    Everything a connection would otherwise look up when it opens or closes is
+    found here once: the observer's bound hooks, the registry's live set and
+    ended queue, and the attribute sets already seen (``keys``).
+    """
+
+    __slots__ = (
+        "name",
+        "side",
+        "registry",
+        "observer",
+        "capture_extra",
+        "parent_context",
+        "keys",
+        "on_open",
+        "on_close",
+        "on_event",
+        "timed_eof",
+        "eof_event",
+        "span_policy",
+        "_live",
+        "_ended",
+    )
 
     def __init__(
         self,
@@ -56,6 +80,7 @@ class Group:
         registry: Registry,
         observer: Optional[Observer] = None,
         capture_extra: bool = False,
+        span_policy: Any = None,
     ):
         self.name = name
         self.side = side
@@ -64,6 +89,24 @@ class Group:
         self.capture_extra = capture_extra
         # The observer asks for app callbacks to run in its per-connection context.
         self.parent_context = bool(getattr(observer, "parent_context", False))
+        # (transport class, sockname shape, port) -> ConnKey; see classify.key_for.
+        self.keys: dict = {}
+        self._live = registry._live
+        self._ended = registry._ended
+        # Bound once: a connection calls them directly, not through getattr.
+        # An observer with nothing to do when some group's connections open says
+        # so (wants_open), and those connections skip the call.
+        wants_open = getattr(observer, "wants_open", None)
+        self.on_open = getattr(observer, "on_open", None) if wants_open is None or wants_open(self) else None
+        # And whether it wants the peer's EOF as an event (it may only need its time).
+        self.eof_event = bool(getattr(observer, "wants_eof_event", True))
+        self.on_close = getattr(observer, "on_close", None)
+        self.on_event = getattr(observer, "on_event", None)
+        # Whether the observer wants the time of the peer's EOF (a span event
+        # it may build at close); asking for the clock otherwise costs for nothing.
+        self.timed_eof = bool(getattr(observer, "wants_event_times", False))
+        # This listener's span policy, over the observer's own (None: the observer's).
+        self.span_policy = span_policy
 
 
 class _Rare:
@@ -83,6 +126,7 @@ class _Rare:
         "write_paused_s",
         "tls_handshake_s",
         "extra",
+        "event_at",
     )
 
     def __init__(self) -> None:
@@ -94,6 +138,8 @@ class _Rare:
         self.write_paused_s = 0.0
         self.tls_handshake_s: Optional[float] = None
         self.extra: Optional[dict] = None
+        # When the last flow-control transition happened (observers timestamp events with it).
+        self.event_at = 0.0
 
 
 def _rare_field(name: str, default: Any) -> property:
@@ -146,8 +192,7 @@ class ConnectionRecord:
         "transport",  # the real transport while open (write-buffer gauge); None after close
         "_flags",  # _EOF | _LOCAL_CLOSE | _ABORTED
         "_rare",  # a _Rare, or None while every rare field has its default
-        "_prev",  # neighbours in the registry's list of live records
-        "_next",
+        "eof_at",  # monotonic time of the peer's EOF, if the observer asked for it
         "__weakref__",
     )
 
@@ -176,8 +221,28 @@ class ConnectionRecord:
         self.transport: Any = None
         self._flags = 0
         self._rare: Optional[_Rare] = None
-        self._prev: Any = None
-        self._next: Any = None
+        self.eof_at: Optional[float] = None
+
+    @classmethod
+    def _fast(cls, group: Group) -> ConnectionRecord:
+        """``ConnectionRecord(group)`` without the type call's ``__init__`` lookup and frame.
+
+        Once per connection. Sets the same fields as ``__init__`` (a test checks)."""
+        rec = _new(cls)
+        rec.group = group
+        rec.key = None
+        rec.rx = 0
+        rec.tx = 0
+        rec.opened_at = 0.0
+        rec.closed_at = None
+        rec.close_reason = None
+        rec.error_type = None
+        rec.state = None
+        rec.transport = None
+        rec._flags = 0
+        rec._rare = None
+        rec.eof_at = None
+        return rec
 
     def _rare_fields(self) -> _Rare:
         rare = self._rare
@@ -201,7 +266,7 @@ class ConnectionRecord:
         self.opened_at = monotonic()
         self.transport = transport
         try:
-            self.key = conn_key(group, transport)
+            self.key = key_for(group, transport)
         except Exception as exc:  # noqa: BLE001
             report("classify", exc)
             self.key = conn_key(group, None)
@@ -209,9 +274,12 @@ class ConnectionRecord:
             from .extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
-        group.registry._opened(self)
-        if group.observer is not None:
-            self.notify("on_open", transport)
+        group._live.add(self)
+        if group.on_open is not None:
+            try:
+                group.on_open(self, transport)
+            except Exception as exc:  # noqa: BLE001
+                report("observer.on_open", exc)
 
     def close(self, exc: Optional[BaseException], reason: Optional[str] = None) -> None:
         """End the record once; later calls do nothing."""
@@ -224,7 +292,7 @@ class ConnectionRecord:
                 self.reading_resumed()
             if rare.write_paused_since is not None:
                 self.writing_resumed()
-        now = monotonic()
+        self.closed_at = monotonic()
         if reason is not None:
             self.close_reason = reason
             self.error_type = reason if exc is None else type(exc).__name__
@@ -240,12 +308,21 @@ class ConnectionRecord:
             self.close_reason = EOF
         else:
             self.close_reason = CLOSED
-        self.closed_at = now
-        self.transport = None
         group = self.group
-        group.registry._closed_record(self)
-        if group.observer is not None:
-            self.notify("on_close", exc)
+        # Into the ended queue first, then out of the live set: a reader in
+        # between sees it in both and counts it once (see Registry.snapshot).
+        ended = group._ended
+        ended.append(self)
+        group._live.discard(self)
+        if len(ended) > MAX_ENDED:
+            group.registry._fold_now()
+        if group.on_close is not None:
+            try:
+                group.on_close(self, exc)
+            except Exception as exc2:  # noqa: BLE001
+                report("observer.on_close", exc2)
+        # Kept until the observer is done: it may read get_extra_info at close.
+        self.transport = None
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated
@@ -254,7 +331,7 @@ class ConnectionRecord:
         if self.closed_at is None:
             rare = self._rare_fields()
             if rare.read_paused_since is None:
-                rare.read_paused_since = monotonic()
+                rare.read_paused_since = rare.event_at = monotonic()
                 rare.read_pauses += 1
                 self._event("reading.paused")
 
@@ -263,7 +340,8 @@ class ConnectionRecord:
         since = None if rare is None else rare.read_paused_since
         if since is not None:
             rare.read_paused_since = None
-            paused = monotonic() - since
+            now = rare.event_at = monotonic()
+            paused = now - since
             rare.read_paused_s += paused
             self._event("reading.resumed", paused)
 
@@ -271,7 +349,7 @@ class ConnectionRecord:
         if self.closed_at is None:
             rare = self._rare_fields()
             if rare.write_paused_since is None:
-                rare.write_paused_since = monotonic()
+                rare.write_paused_since = rare.event_at = monotonic()
                 rare.write_pauses += 1
                 self._event("writing.paused")
 
@@ -280,18 +358,30 @@ class ConnectionRecord:
         since = None if rare is None else rare.write_paused_since
         if since is not None:
             rare.write_paused_since = None
-            paused = monotonic() - since
+            now = rare.event_at = monotonic()
+            paused = now - since
             rare.write_paused_s += paused
             self._event("writing.resumed", paused)
 
     def eof_received(self) -> None:
         if not self._flags & _EOF:
             self._flags |= _EOF
-            if self.group.observer is not None:
-                self.notify("on_event", "eof", None)
+            group = self.group
+            if group.timed_eof:
+                self.eof_at = monotonic()
+            if group.eof_event and group.on_event is not None:
+                try:
+                    group.on_event(self, "eof", None)
+                except Exception as exc:  # noqa: BLE001
+                    report("observer.on_event", exc)
 
     def _event(self, name: str, seconds: Optional[float] = None) -> None:
-        self.notify("on_event", name, seconds)
+        on_event = self.group.on_event
+        if on_event is not None:
+            try:
+                on_event(self, name, seconds)
+            except Exception as exc:  # noqa: BLE001
+                report("observer.on_event", exc)
 
     def notify(self, hook: str, *args: Any, optional: bool = False) -> None:
         """Call the observer's ``hook(self, *args)``; its failures never reach the app.

@@ -1,14 +1,18 @@
 """Live connections plus running totals of closed ones, readable from any thread.
 
-The event loop takes the lock only when a connection opens or closes; a reader
-(a scrape on another thread) takes it only to copy the live set and the
-totals, then sums outside it. A record is always in exactly one of the two
-places, so sums never go backwards and never count a connection twice.
+The event loop takes no lock: opening a connection adds its record to a set,
+closing one appends it to a queue of ended records and then takes it out of
+the set (each a single operation under the GIL). A reader (a scrape on another
+thread) copies the live set, then folds the queue into the closed totals, and
+counts a live record only if it did not fold it: a record is counted exactly
+once, so sums never go backwards and never count a connection twice. The
+loop folds the queue itself, without waiting, when nobody reads it for long.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -68,6 +72,7 @@ class Snapshot:
             if t is None:
                 t = out[rec.key] = Totals()
             t.add_counts(rec)
+            t.opened += 1
             t.active += 1
             rare = rec._rare
             if rare is not None:
@@ -78,71 +83,68 @@ class Snapshot:
         return out
 
 
-class _Head:
-    """The list's sentinel."""
-
-    __slots__ = ("_prev", "_next")
-
-
 class Registry:
     """Where records live while open, and where their counts go when they close."""
 
     def __init__(self) -> None:
+        # Taken by whoever folds ended records into the totals: a reader, or
+        # the loop when the queue is long (without waiting for it).
         self._lock = threading.Lock()
-        # Live records form a doubly linked list through their _prev/_next
-        # slots: two pointers per connection, where a set's hash table took
-        # several times that, and a varying amount as it filled and resized.
-        self._head = _Head()
-        self._head._prev = self._head._next = self._head
+        self._live: set[ConnectionRecord] = set()
+        self._ended: deque[ConnectionRecord] = deque()
         self._closed: dict[ConnKey, Totals] = {}
 
-    # Called on the loop, once per connection.
-    def _opened(self, rec: ConnectionRecord) -> None:
-        with self._lock:
-            head = self._head
-            last = head._prev
-            rec._prev = last
-            rec._next = head
-            last._next = rec
-            head._prev = rec
-            t = self._closed.get(rec.key)
-            if t is None:
-                t = self._closed[rec.key] = Totals()
-            t.opened += 1
+    def _fold(self, folded: Optional[set] = None) -> None:
+        """Under the lock: ended records into the closed totals (their ids into ``folded``).
 
-    def _closed_record(self, rec: ConnectionRecord) -> None:
-        with self._lock:
-            if rec._next is None:  # not live (any more)
+        Once per connection, batched: Totals.add_counts is inlined."""
+        popleft = self._ended.popleft
+        closed = self._closed
+        while True:
+            try:
+                rec = popleft()
+            except IndexError:
                 return
-            before, after = rec._prev, rec._next
-            before._next = after
-            after._prev = before
-            rec._prev = rec._next = None
-            t = self._closed[rec.key]
+            if folded is not None:
+                folded.add(id(rec))
+            t = closed.get(rec.key)
+            if t is None:
+                t = closed[rec.key] = Totals()
+            t.opened += 1
             t.closed += 1
-            t.add_counts(rec)
+            t.rx += rec.rx
+            t.tx += rec.tx
+            rare = rec._rare
+            if rare is not None:
+                t.read_pauses += rare.read_pauses
+                t.write_pauses += rare.write_pauses
+                t.read_paused_s += rare.read_paused_s
+                t.write_paused_s += rare.write_paused_s
+            reasons = t.close_reasons
             reason = rec.close_reason
-            t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
+            reasons[reason] = reasons.get(reason, 0) + 1
+
+    def _fold_now(self) -> None:
+        """On the loop, when the queue is long: fold it unless a reader is at it."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            live = self._live_list()
+            live = list(self._live)  # one C call: atomic under the GIL
+            folded: set = set()
+            self._fold(folded)
+            if folded:
+                # Ended after the copy above: counted in the totals now.
+                live = [rec for rec in live if id(rec) not in folded]
             closed = {k: t.copy() for k, t in self._closed.items()}
         return Snapshot(closed, live, monotonic())
 
-    def _live_list(self) -> list:
-        # Under the lock.
-        out = []
-        head = self._head
-        rec = head._next
-        while rec is not head:
-            out.append(rec)
-            rec = rec._next
-        return out
-
     def live(self) -> list[ConnectionRecord]:
-        with self._lock:
-            return self._live_list()
+        return [rec for rec in list(self._live) if rec.closed_at is None]
 
     def totals(self, name: Optional[str] = None) -> Totals:
         """Everything summed (optionally for one ``transport.name``): handy in apps and tests."""
@@ -161,9 +163,8 @@ class Registry:
     def clear(self) -> None:
         """Forget everything (tests)."""
         with self._lock:
-            for rec in self._live_list():
-                rec._prev = rec._next = None
-            self._head._prev = self._head._next = self._head
+            self._live.clear()
+            self._ended.clear()
             self._closed.clear()
 
 

@@ -14,8 +14,6 @@ from ..datapath.record import ConnectionRecord, Group, Observer
 from ..datapath.registry import Registry, default_registry
 from . import patches
 
-_class_cache = _protocols._class_cache
-
 SIDES = ("server", "client")
 
 # ``name`` is a metric label: every distinct value is another set of series in
@@ -89,24 +87,32 @@ def _admit_name(name: str) -> None:
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_last", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
+        # (app class, loop class, wrapper class's _for) of the last connection:
+        # a factory nearly always makes one class of protocol on one kind of loop.
+        self._last: tuple = (None, None, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
         loop = _get_running_loop()
-        loop_cls = type(loop)
-        if loop_cls not in patches._seen and loop is not None:
-            patches.ensure(loop_cls)
-        group = self.group
-        # _protocols.wrap() inlined for the common case (runs once per connection).
-        cls = _class_cache.get((type(app), loop_cls))
-        if cls is None or group.parent_context:
-            return _protocols.wrap(app, ConnectionRecord(group), loop)
-        return cls(app, ConnectionRecord(group))
+        app_cls, loop_cls, make = self._last
+        if type(app) is app_cls and type(loop) is loop_cls:
+            return make(app, self.group)
+        return self._first(app, loop)
+
+    def _first(self, app: Any, loop: Any) -> Any:
+        # A new app class or loop: check the loop's hooks, find the wrapper class once.
+        if loop is not None and type(loop) not in patches._seen:
+            patches.ensure(type(loop))
+        rec = ConnectionRecord(self.group)
+        cls = _protocols.wrapper_class(app, rec, loop)
+        if loop is not None:
+            self._last = (type(app), type(loop), cls._for)
+        return cls(app, rec)
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"
@@ -120,6 +126,7 @@ def traced(
     registry: Optional[Registry] = None,
     observer: Optional[Observer] = None,
     capture_extra: bool = False,
+    span_policy: Any = None,
 ) -> TracedProtocolFactory:
     """Wrap ``protocol_factory`` so that its connections get proxy transports.
 
@@ -133,6 +140,10 @@ def traced(
     keeps a snapshot of ``get_extra_info`` (peer, TLS, certificate) in each
     record's ``extra``; it is off by default because it costs memory and time
     per connection.
+
+    ``span_policy`` chooses which of these connections get a span, decided when
+    each ends (e.g. ``"errors,slower_than=5"``; see
+    ``traced_transport.telemetry.policy``); None: the observer's policy.
 
     At most 100 distinct names are accepted per process (see
     :func:`set_max_transport_names`); one more raises ``ValueError``.
@@ -152,5 +163,10 @@ def traced(
         observer = default_telemetry()
     if registry is None:
         registry = getattr(observer, "registry", None) or default_registry
-    group = Group(name, side, registry, observer, capture_extra)
+    if span_policy is not None:
+        from ..telemetry.policy import SpanPolicy
+
+        if not isinstance(span_policy, SpanPolicy):
+            span_policy = SpanPolicy(span_policy)
+    group = Group(name, side, registry, observer, capture_extra, span_policy)
     return TracedProtocolFactory(protocol_factory, group)

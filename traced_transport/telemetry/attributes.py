@@ -71,13 +71,17 @@ def metric_attributes(
     return attrs
 
 
+_ADDRESS_KEYS = {p: (f"{p}.address", f"{p}.port") for p in ("network.peer", "network.local")}
+
+
 def _address(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    address, port = _ADDRESS_KEYS[prefix]
     if isinstance(value, tuple) and len(value) >= 2:
-        out[f"{prefix}.address"] = str(value[0])
+        out[address] = str(value[0])
         if isinstance(value[1], int):
-            out[f"{prefix}.port"] = value[1]
+            out[port] = value[1]
     elif isinstance(value, (str, bytes)) and value:
-        out[f"{prefix}.address"] = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        out[address] = value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def _dn(rdns: Any) -> Optional[str]:

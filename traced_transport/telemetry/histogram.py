@@ -68,9 +68,19 @@ class HistogramAggregate:
     def record(self, value: float, key: Hashable, attributes: dict) -> None:
         i = bisect_left(self.bounds, value)
         with self._lock:
-            self._add(self._points, i, value, key, attributes)
-            for interval in self._intervals:
-                self._add(interval[0], i, value, key, attributes)
+            # _add inlined for the cumulative points: this runs once per connection.
+            point = self._points.get(key)
+            if point is None:
+                point = self._points[key] = HistogramPoint(attributes, len(self.bounds) + 1)
+            point.counts[i] += 1
+            point.sum += value
+            if value < point.min:
+                point.min = value
+            if value > point.max:
+                point.max = value
+            if self._intervals:
+                for interval in self._intervals:
+                    self._add(interval[0], i, value, key, attributes)
 
     def _add(self, points: dict, i: int, value: float, key: Hashable, attributes: dict) -> None:
         point = points.get(key)

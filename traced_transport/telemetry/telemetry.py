@@ -3,8 +3,14 @@
 The data path never calls into OpenTelemetry. Counts are exported by
 observable instruments whose callbacks read the registry (closed totals plus
 live records), so a scrape costs the same however much traffic there was.
-Histograms are recorded at transitions (a connection's end, a pause's end, a
-TLS handshake), never per byte.
+Histograms are aggregated on the loop at transitions (a connection's end, a
+pause's end, a TLS handshake), never per byte.
+
+Connection spans are decided when the connection ends (see ``policy``): the
+record keeps what a span needs (open time, event times) and only a connection
+the span policy keeps calls the SDK, with the connection's real times. With
+``parent_context=True`` the span starts when the connection opens, as app
+callbacks need its context while it is open.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -27,6 +34,7 @@ from ..report import report
 from ..version import __version__ as _VERSION
 from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
 from .histogram import HistogramAggregate
+from .policy import SpanPolicy, span_policy
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
@@ -50,8 +58,37 @@ class _SpanState:
         self.context = trace.set_span_in_context(span) if parent_context else None
 
 
+class _Deferred:
+    """What a span decided at close needs beyond the record: flow-control events, the parent."""
+
+    __slots__ = ("events", "dropped", "longest_pause", "parent", "tls_extra")
+
+    def __init__(self, parent: Any = None) -> None:
+        self.events: list = []  # (name, monotonic time, pause seconds or None)
+        self.dropped = 0
+        self.longest_pause = 0.0
+        self.parent = parent
+        self.tls_extra: Optional[dict] = None
+
+
 def _ns(monotonic_s: float) -> int:
     return int((monotonic_s + WALL_OFFSET) * 1e9)
+
+
+def _at(event: tuple) -> float:
+    return event[1]
+
+
+def _event_time(rec: ConnectionRecord, name: str) -> float:
+    """When the record saw the transition ``name`` (one clock for eager and deferred spans)."""
+    if name == "eof":
+        if rec.eof_at is not None:
+            return rec.eof_at
+    else:
+        rare = rec._rare
+        if rare is not None and rare.event_at:
+            return rare.event_at
+    return monotonic()
 
 
 class Telemetry:
@@ -75,13 +112,25 @@ class Telemetry:
         access_log: bool = False,
         spans: bool = True,
         parent_context: bool = False,
+        span_policy: Any = None,
     ) -> None:
+        """``span_policy``: which ended connections get a span (a string such as
+        ``"errors,slower_than=5"`` or a :class:`SpanPolicy`); None reads
+        ``TRACED_TRANSPORT_SPAN_POLICY``, else the default (see
+        ``traced_transport.telemetry.policy``). ``traced(span_policy=...)``
+        overrides it for one listener. ``parent_context=True`` starts every
+        connection's span when it opens, whatever the policy."""
+        self.span_policy: SpanPolicy = _policy(span_policy)
         self.registry = registry if registry is not None else default_registry
         self.certificate_subjects = certificate_subjects
         self.max_span_events = max_span_events
         self.access_log = access_log
         self.spans = spans
         self.parent_context = parent_context
+        # Records time the peer's EOF only when a span may be built from them,
+        # and only eager spans take it as an event when it happens.
+        self.wants_event_times = bool(spans)
+        self.wants_eof_event = bool(spans and parent_context)
         self._attrs: dict[tuple, dict] = {}
         self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
@@ -293,37 +342,82 @@ class Telemetry:
         return True
 
     # -- Observer (event loop) ---------------------------------------------
+    def _tracing(self) -> bool:
+        """Whether spans can go anywhere: an explicit provider, or a global one set by now.
+
+        Without one, spans would be no-ops: then the tracer is not called."""
+        return not self._global_tracer or self._global_tracer_set()
+
+    def wants_open(self, group: Any) -> bool:
+        """Whether ``group``'s connections need on_open: eager spans, access logs, a client's parent.
+
+        A server's deferred span needs nothing when the connection opens (a TLS
+        one's details are taken by on_tls), so its connections skip the call."""
+        return bool(self.parent_context or self.access_log or (self.spans and group.side == "client"))
+
     def on_open(self, rec: ConnectionRecord, transport: Any) -> None:
-        if self.spans and (not self._global_tracer or self._global_tracer_set()):
-            key = rec.key
-            # No attributes at start: the SDK validates every attribute it is
-            # given, and the sampler has the span name (which carries
-            # transport.name) and kind to decide on.
-            span = self.tracer.start_span(
-                self._span_names.get(key.name) or self._span_name(key.name),
-                kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
-                start_time=_ns(rec.opened_at),
-            )
-            if span.is_recording():
-                # Only now is the peer, TLS and certificate looked up: an
-                # unsampled connection costs nothing more.
-                extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
-                span.set_attributes(span_attributes(key, extra, certificate_subjects=self.certificate_subjects))
-                rec.state = _SpanState(span, self.parent_context)
+        if self.spans:
+            if self.parent_context:
+                self._start_eager(rec, transport)
+            elif rec.key.tls_version is not None:
+                # A TLS transport may drop its SSL object before the connection
+                # ends: keep what a span would say about it now (TLS costs far more).
+                if rec.extra is None and self._may_keep(rec):
+                    rec.extra = snapshot_extra(transport)
+            elif rec.key.side == "client":
+                # A client connection opened inside a request: its span's parent.
+                parent = otel_context.get_current()
+                if parent:
+                    rec.state = _Deferred(parent)
         if self.access_log and rec.extra is None:
             rec.extra = snapshot_extra(transport)
+
+    def _may_keep(self, rec: ConnectionRecord) -> bool:
+        policy = rec.group.span_policy or self.span_policy
+        return not policy.keeps_nothing
+
+    def _start_eager(self, rec: ConnectionRecord, transport: Any) -> None:
+        if not self._tracing():
+            return
+        key = rec.key
+        # No attributes at start: the SDK validates every attribute it is
+        # given, and the sampler has the span name (which carries
+        # transport.name) and kind to decide on.
+        span = self.tracer.start_span(
+            self._span_names.get(key.name) or self._span_name(key.name),
+            kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
+            start_time=_ns(rec.opened_at),
+        )
+        if span.is_recording():
+            # Only now is the peer, TLS and certificate looked up: an
+            # unsampled connection costs nothing more.
+            extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
+            span.set_attributes(span_attributes(key, extra, certificate_subjects=self.certificate_subjects))
+            rec.state = _SpanState(span, self.parent_context)
 
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
         if seconds is not None:
             self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
+        if not self.spans:
+            return
         state = rec.state
         if isinstance(state, _SpanState):
             if state.events < self.max_span_events:
                 state.events += 1
                 attrs = {"transport.pause.duration": seconds} if seconds is not None else None
-                state.span.add_event(f"transport.{name}", attrs)
+                state.span.add_event(f"transport.{name}", attrs, timestamp=_ns(_event_time(rec, name)))
             else:
                 state.dropped += 1
+        elif name != "eof" and not self.parent_context:
+            # The EOF's time is on the record already; pauses are kept here.
+            if state is None:
+                state = rec.state = _Deferred()
+            if len(state.events) < self.max_span_events:
+                state.events.append((name, _event_time(rec, name), seconds))
+            else:
+                state.dropped += 1
+            if seconds is not None and seconds > state.longest_pause:
+                state.longest_pause = seconds
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
@@ -332,6 +426,11 @@ class Telemetry:
         if isinstance(state, _SpanState):
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
             state.span.set_attributes(tls_attributes(extra, certificate_subjects=self.certificate_subjects))
+        elif self.spans and not self.parent_context and self._may_keep(rec):
+            if state is None:
+                state = rec.state = _Deferred()
+            if isinstance(state, _Deferred):
+                state.tls_extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
 
     def _record_handshake(self, rec: ConnectionRecord, transport: Any) -> None:
         # The negotiated cipher (and, after start_tls, the version the connection
@@ -350,35 +449,112 @@ class Telemetry:
         self._record(self._handshake, rec.tls_handshake_s, key, None, cipher, version)
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
-        key = rec.key
         duration = rec.closed_at - rec.opened_at
-        self._record(self._duration, duration, key, rec.error_type)
-        if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
+        span_context = None
         state = rec.state
-        if isinstance(state, _SpanState):
-            rec.state = None
-            span = state.span
-            end_attrs: dict[str, Any] = {
-                "transport.received": rec.rx,
-                "transport.sent": rec.tx,
-                "transport.reading.pauses": rec.read_pauses,
-                "transport.writing.pauses": rec.write_pauses,
-                "transport.close_reason": rec.close_reason,
-            }
-            if rec.error_type:
-                end_attrs["error.type"] = rec.error_type
-            if state.dropped:
-                end_attrs["transport.events.dropped"] = state.dropped
-            span.set_attributes(end_attrs)
-            if exc is not None:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            elif rec.close_reason == TLS_FAILED:
-                span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
-            span.end(end_time=_ns(rec.closed_at))
+        try:
+            if state is None and rec.error_type is None and self.spans and not self.parent_context:
+                # Most connections: clean, never paused. The policy's quick answer, without a call.
+                policy = rec.group.span_policy or self.span_policy
+                if (policy.all or duration > policy.slow or policy.ratio) and policy.keep(rec) and self._tracing():
+                    span_context = self._build_span(rec, exc, None)
+            elif isinstance(state, _SpanState):
+                rec.state = None
+                span_context = self._end_eager(rec, exc, state)
+            elif self.spans and not self.parent_context:
+                deferred = state if isinstance(state, _Deferred) else None
+                policy = rec.group.span_policy or self.span_policy
+                if policy.keep(rec, deferred.longest_pause if deferred is not None else 0.0) and self._tracing():
+                    rec.state = None
+                    span_context = self._build_span(rec, exc, deferred)
+        except Exception as exc2:  # noqa: BLE001 - the SDK's failure must not cost the metrics below
+            report("observer.on_close.span", exc2)
+        # After the span: its SpanContext is known here (for an exemplar).
+        self._record_duration(rec, duration, span_context)
+        if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
+            self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
         if self.access_log:
             self._log_access(rec, duration)
+
+    def _record_duration(self, rec: ConnectionRecord, duration: float, span_context: Any) -> None:
+        """The connection's duration into its histogram; ``span_context`` is the kept span's
+        SpanContext (None when no span was kept or sampled), for an exemplar."""
+        cache_key = (rec.key, rec.error_type, None, None)
+        attributes = self._attrs.get(cache_key) or self._attributes_for(cache_key)
+        instrument, aggregate = self._duration
+        aggregate.record(duration, cache_key, attributes)
+        if not self._histogram_readers:
+            pending = self._pending
+            pending.append((instrument, duration, attributes))
+            if len(pending) > self.max_pending:
+                self.flush()
+
+    def _end_attributes(self, rec: ConnectionRecord, dropped: int) -> dict:
+        end_attrs: dict[str, Any] = {
+            "transport.received": rec.rx,
+            "transport.sent": rec.tx,
+            "transport.reading.pauses": rec.read_pauses,
+            "transport.writing.pauses": rec.write_pauses,
+            "transport.close_reason": rec.close_reason,
+        }
+        if rec.error_type:
+            end_attrs["error.type"] = rec.error_type
+        if dropped:
+            end_attrs["transport.events.dropped"] = dropped
+        return end_attrs
+
+    def _finish(self, span: Any, rec: ConnectionRecord, exc: Optional[BaseException]) -> Any:
+        if exc is not None:
+            span.record_exception(exc, timestamp=_ns(rec.closed_at))
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        elif rec.close_reason == TLS_FAILED:
+            span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
+        span.end(end_time=_ns(rec.closed_at))
+        return span.get_span_context()
+
+    def _end_eager(self, rec: ConnectionRecord, exc: Optional[BaseException], state: _SpanState) -> Any:
+        span = state.span
+        span.set_attributes(self._end_attributes(rec, state.dropped))
+        return self._finish(span, rec, exc)
+
+    def _build_span(self, rec: ConnectionRecord, exc: Optional[BaseException], deferred: Optional[_Deferred]) -> Any:
+        """The span an eager one would have been, made now with the connection's own times."""
+        key = rec.key
+        events: list = [] if deferred is None else deferred.events
+        dropped = 0 if deferred is None else deferred.dropped
+        if rec.eof_at is not None:
+            # The EOF goes where its time puts it among the pauses, under the same cap.
+            eof = ("eof", rec.eof_at, None)
+            events = [*events, eof] if not events or events[-1][1] <= rec.eof_at else sorted([*events, eof], key=_at)
+            if len(events) > self.max_span_events:
+                dropped += len(events) - self.max_span_events
+                events = events[: self.max_span_events]
+        # As the eager span did: the sampler gets the name, kind and parent,
+        # and only a sampled span has its attributes computed.
+        span = self.tracer.start_span(
+            self._span_names.get(key.name) or self._span_name(key.name),
+            context=None if deferred is None else deferred.parent,
+            kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
+            start_time=_ns(rec.opened_at),
+        )
+        if not span.is_recording():
+            return None
+        extra = rec.extra
+        if extra is None:
+            transport = rec.transport
+            extra = snapshot_extra(transport) if transport is not None else {}
+        attributes = span_attributes(key, extra, certificate_subjects=self.certificate_subjects)
+        if deferred is not None and deferred.tls_extra is not None:
+            attributes.update(tls_attributes(deferred.tls_extra, certificate_subjects=self.certificate_subjects))
+        attributes.update(self._end_attributes(rec, dropped))
+        span.set_attributes(attributes)
+        for name, at, seconds in events:
+            span.add_event(
+                f"transport.{name}",
+                {"transport.pause.duration": seconds} if seconds is not None else None,
+                timestamp=_ns(at),
+            )
+        return self._finish(span, rec, exc)
 
     @staticmethod
     def span_context_of(transport: Any) -> Any:
@@ -422,6 +598,10 @@ class Telemetry:
             rec.close_reason,
             extra={"transport": fields},
         )
+
+
+def _policy(value: Any) -> SpanPolicy:
+    return span_policy(value)
 
 
 _default: Optional[Telemetry] = None
