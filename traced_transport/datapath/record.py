@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ..report import report
+from . import abandoned as _abandoned
 from .classify import conn_key
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ RESET = "reset"  # ConnectionResetError / BrokenPipeError from the peer
 ABORTED = "aborted"  # transport.abort() was called
 ERROR = "error"  # any other exception
 TLS_FAILED = "tls_handshake_failed"
+ABANDONED = _abandoned.ABANDONED  # the transport was freed without connection_lost
 
 _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
@@ -142,7 +144,7 @@ class ConnectionRecord:
         "close_reason",
         "error_type",
         "state",  # the observer's own per-connection object (e.g. a span)
-        "transport",  # the real transport while open (write-buffer gauge); None after close
+        "_transport_ref",  # the real transport, weakly (see abandoned.py), while open
         "_flags",  # _EOF | _LOCAL_CLOSE | _ABORTED
         "_rare",  # a _Rare, or None while every rare field has its default
         "_prev",  # neighbours in the registry's list of live records
@@ -172,7 +174,7 @@ class ConnectionRecord:
         self.close_reason: Optional[str] = None
         self.error_type: Optional[str] = None
         self.state: Any = None
-        self.transport: Any = None
+        self._transport_ref: Any = None
         self._flags = 0
         self._rare: Optional[_Rare] = None
         self._prev: Any = None
@@ -183,6 +185,12 @@ class ConnectionRecord:
         if rare is None:
             rare = self._rare = _Rare()
         return rare
+
+    @property
+    def transport(self) -> Any:
+        """The real transport while open (write-buffer gauge); None after close or once freed."""
+        ref = self._transport_ref
+        return None if ref is None else ref()
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -198,7 +206,7 @@ class ConnectionRecord:
         """``transport`` is the real transport; observers get it too."""
         group = self.group
         self.opened_at = monotonic()
-        self.transport = transport
+        self._transport_ref = _abandoned.watch(self, transport)
         try:
             self.key = conn_key(group, transport)
         except Exception as exc:  # noqa: BLE001
@@ -240,7 +248,8 @@ class ConnectionRecord:
         else:
             self.close_reason = CLOSED
         self.closed_at = now
-        self.transport = None
+        _abandoned.forget(self._transport_ref)
+        self._transport_ref = None
         group = self.group
         group.registry._closed_record(self)
         if group.observer is not None:

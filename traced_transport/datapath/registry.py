@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from . import abandoned as _abandoned
 from .classify import ConnKey
 from .record import ConnectionRecord, monotonic
 
@@ -98,6 +99,8 @@ class Registry:
 
     # Called on the loop, once per connection.
     def _opened(self, rec: ConnectionRecord) -> None:
+        if _abandoned._pending:
+            _abandoned.drain()
         with self._lock:
             head = self._head
             last = head._prev
@@ -125,6 +128,8 @@ class Registry:
             t.close_reasons[reason] = t.close_reasons.get(reason, 0) + 1
 
     def snapshot(self) -> Snapshot:
+        if _abandoned._pending:
+            _abandoned.drain()
         with self._lock:
             live = self._live_list()
             closed = {k: t.copy() for k, t in self._closed.items()}
@@ -141,6 +146,8 @@ class Registry:
         return out
 
     def live(self) -> list[ConnectionRecord]:
+        if _abandoned._pending:
+            _abandoned.drain()
         with self._lock:
             return self._live_list()
 
