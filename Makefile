@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-core test-conformance bench setup clean dashboards dashboards-preview
+.PHONY: demo test test-core test-conformance test-peers test-peers-ci bench setup clean dashboards dashboards-preview
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,23 @@ test: $(STAMP)
 	bash scripts/system-deps.sh
 	timeout 1200 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
 	$(MAKE) --no-print-directory test-conformance
+	$(MAKE) --no-print-directory test-peers-ci
 
 test-conformance: $(STAMP)
 	bash tests/conformance/setup_venvs.sh
 	timeout 900 $(PY) tests/conformance/run.py --all-pythons
+
+# Peer projects' own test suites (websockets, aiohttp; built from source into .venv-peers),
+# plain and with traced_transport.instrument(pipes=True), compared test by test
+# (docs/transparency.md). test-peers-ci: the transport subset that make test runs;
+# test-peers: their whole suites.
+test-peers-ci: $(STAMP)
+	bash tests/conformance/setup_peers.sh
+	timeout 900 $(PY) tests/conformance/peers.py --ci
+
+test-peers: $(STAMP)
+	bash tests/conformance/setup_peers.sh
+	timeout 5400 $(PY) tests/conformance/peers.py --full $(ARGS)
 
 # Regenerate grafana/dashboards/*.json from grafana/generate.py (a test fails when they are out of date).
 dashboards: $(STAMP)
@@ -43,4 +56,4 @@ bench: $(STAMP)
 	$(PY) bench/echo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-3.* build *.egg-info
+	rm -rf $(VENV) .venv-3.* .venv-peers build *.egg-info
