@@ -30,10 +30,9 @@ class _TransportRef(weakref.ref):
 
 
 def _gone(ref: _TransportRef) -> None:
-    rec = ref.rec
-    if rec is not None:
-        ref.rec = None
-        _pending.append(rec)
+    # Only reached while the record still holds ``ref``, i.e. before its close()
+    # (which drops the reference, and with it this callback).
+    _pending.append(ref.rec)
 
 
 def watch(rec: Any, transport: Any) -> Callable[[], Any]:
@@ -44,12 +43,6 @@ def watch(rec: Any, transport: Any) -> Callable[[], Any]:
         return lambda: transport
     ref.rec = rec
     return ref
-
-
-def forget(ref: Any) -> None:
-    """The record closed normally: its transport's end is no news."""
-    if type(ref) is _TransportRef:
-        ref.rec = None
 
 
 def drain() -> None:

@@ -248,7 +248,7 @@ class ConnectionRecord:
         else:
             self.close_reason = CLOSED
         self.closed_at = now
-        _abandoned.forget(self._transport_ref)
+        # Dropping the weak reference drops its callback with it.
         self._transport_ref = None
         group = self.group
         group.registry._closed_record(self)
