@@ -223,6 +223,7 @@ def run_one(venv: str, run: Run, full: bool, logdir: str, jobs: int, main: tuple
         "improved": cmp["improved"],
         "fail_plain": sorted(t for t, s in plain["outcomes"].items() if s in (FAILED, ERROR)),
         "traced": wrapped["traced"],
+        "returncodes": [plain["returncode"], wrapped["returncode"]],
         "logs": [plain["log"], wrapped["log"]],
     }
 
@@ -299,6 +300,10 @@ def main() -> int:
                 print(f"   improved   {test}")
             print(f"   logs: {' '.join(res['logs'])}")
         if res["unexpected"]:
+            failed = True
+        if any(code in (2, 3, 4) for code in res["returncodes"]):
+            # pytest was interrupted (a collection error), hit an internal error or a usage error.
+            print(f"   BROKEN RUN: pytest exit codes {res['returncodes']} (see the logs)")
             failed = True
         if not t.get("opened"):
             print(f"   NOT TRACED: the wrapped run of {run.name} traced no connection (see {res['logs'][1]})")

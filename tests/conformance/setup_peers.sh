@@ -19,7 +19,7 @@ VENV="${PEERS_VENV:-$ROOT/.venv-peers}"
 PY="${PEERS_PYTHON:-python3}"
 AIOHTTP_VERSION=3.14.5
 WEBSOCKETS_VERSION=15.0.1
-PINS="aiohttp=$AIOHTTP_VERSION websockets=$WEBSOCKETS_VERSION v3"
+PINS="aiohttp=$AIOHTTP_VERSION websockets=$WEBSOCKETS_VERSION v4"
 SRC="$VENV/src"
 
 if [ -f "$VENV/.pins" ] && [ "$(cat "$VENV/.pins")" = "$PINS" ]; then
@@ -67,7 +67,7 @@ grep -E '^[A-Za-z0-9_.-]+==' "$constraints" | grep -viE '^(aiohttp|websockets|uv
 "${pip[@]}" install --quiet --upgrade pip setuptools wheel
 "${pip[@]}" install --quiet -c "$SRC/constraints.txt" \
     "$SRC/aiohttp-$AIOHTTP_VERSION" "$SRC/websockets-$WEBSOCKETS_VERSION" \
-    pytest pytest-mock pytest-timeout freezegun "proxy.py" trustme uvloop blockbuster isal zlib_ng gunicorn pkgconfig coverage
+    pytest pytest-mock pytest-timeout freezegun "proxy.py" trustme uvloop blockbuster isal zlib_ng gunicorn pkgconfig coverage werkzeug python-socks
 "${pip[@]}" install --quiet --no-deps -e "$ROOT"
 "${pip[@]}" install --quiet "opentelemetry-api>=1.27"
 echo "$PINS" > "$VENV/.pins"
