@@ -170,31 +170,20 @@ class SubprocessWrapper(_Wrapper, asyncio.SubprocessProtocol):
 _KNOWN = (PlainWrapper, BufferedWrapper, DatagramWrapper, SubprocessWrapper)
 
 
-def _on_uvloop(loop: Any) -> bool:
-    return loop is not None and type(loop).__module__.startswith("uvloop")
-
-
 _class_cache: dict[tuple, type] = {}
 
 
 def wrapper_class_for(app: Any, loop: Any = None) -> type:
-    """The wrapper that takes the same read path the loop would take for ``app``."""
+    """The wrapper of ``app``'s shape: every loop takes the path with it that it takes with ``app``."""
     if loop is None:
         loop = asyncio.events._get_running_loop()
-    # The answer depends on the app's class and the kind of loop only; cache it
-    # (one dict lookup per connection instead of several isinstance checks).
+    # Cached per (app class, loop class), the key the factory looks up inline:
+    # one dict lookup per connection. The shape itself does not depend on the loop.
     cache_key = (type(app), type(loop))
     cls = _class_cache.get(cache_key)
     if cls is None:
-        cls = _class_cache[cache_key] = _choose(app, _on_uvloop(loop))
+        cls = _class_cache[cache_key] = _shapes.build(_shapes.shape_of(app), _Wrapper, _METHODS, _SLOTS, _KNOWN)
     return cls
-
-
-def _choose(app: Any, uvloop: bool) -> type:
-    # A wrapper of the app's own shape makes every loop (and sslproto) take
-    # the path it would take for the app, whatever the loop: ``uvloop`` is
-    # kept in the signature for the cache key's sake only.
-    return _shapes.build(_shapes.shape_of(app), _Wrapper, _METHODS, _SLOTS, _KNOWN)
 
 
 def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
