@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-core test-conformance test-wheel test-deps-min bench setup clean dashboards dashboards-preview
+.PHONY: demo test test-core test-conformance test-wheel test-deps-min test-peers test-peers-ci bench setup clean dashboards dashboards-preview
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,7 @@ test: $(STAMP)
 	timeout 1200 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
 	$(MAKE) --no-print-directory test-wheel test-deps-min
 	$(MAKE) --no-print-directory test-conformance
+	$(MAKE) --no-print-directory test-peers-ci
 
 # What users install: the wheel, not editable, in fresh venvs (.venv-wheel with the demo and framework extras,
 # .venv-core with none), its smoke suite run from a directory outside the repository.
@@ -59,6 +60,18 @@ test-conformance: $(STAMP)
 	bash tests/conformance/setup_venvs.sh
 	timeout 900 $(PY) tests/conformance/run.py --all-pythons
 
+# Peer projects' own test suites (websockets, aiohttp; built from source into .venv-peers),
+# plain and with traced_transport.instrument(pipes=True), compared test by test
+# (docs/transparency.md). test-peers-ci: the transport subset that make test runs;
+# test-peers: their whole suites.
+test-peers-ci: $(STAMP)
+	bash tests/conformance/setup_peers.sh
+	timeout 900 $(PY) tests/conformance/peers.py --ci
+
+test-peers: $(STAMP)
+	bash tests/conformance/setup_peers.sh
+	timeout 5400 $(PY) tests/conformance/peers.py --full $(ARGS)
+
 # Regenerate grafana/dashboards/*.json from grafana/generate.py (a test fails when they are out of date).
 dashboards: $(STAMP)
 	$(PY) grafana/generate.py
@@ -72,4 +85,4 @@ bench: $(STAMP)
 	$(PY) bench/echo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-3.* .venv-wheel .venv-core .venv-min build *.egg-info
+	rm -rf $(VENV) .venv-3.* .venv-wheel .venv-core .venv-min .venv-peers build *.egg-info

@@ -410,3 +410,35 @@ def test_method_replaced_through_proxy_reads_back(run, registry, loop_kind):
         await closed(server)
 
     run(main)
+
+
+def test_forwarders_pass_exactly_the_arguments_given():
+    # An app's own tests may mock a transport method and check the call
+    # (websockets' suite does, for get_extra_info): a forwarder that filled in
+    # a default argument showed up there.
+    from traced_transport.datapath.proxy import make_proxy
+    from traced_transport.datapath.record import ConnectionRecord, Group
+
+    class Recording(asyncio.DatagramTransport):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def get_extra_info(self, *args):
+            self.calls.append(("get_extra_info", args))
+
+        def sendto(self, *args):
+            self.calls.append(("sendto", args))
+
+    inner = Recording()
+    proxy = make_proxy(inner, None, ConnectionRecord(Group("t", "client", tt.Registry())))
+    proxy.get_extra_info("sockname")
+    proxy.get_extra_info("peername", 1)
+    proxy.sendto(b"x")
+    proxy.sendto(b"y", ("127.0.0.1", 9))
+    assert inner.calls == [
+        ("get_extra_info", ("sockname",)),
+        ("get_extra_info", ("peername", 1)),
+        ("sendto", (b"x",)),
+        ("sendto", (b"y", ("127.0.0.1", 9))),
+    ]

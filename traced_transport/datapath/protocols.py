@@ -1,9 +1,12 @@
 """Wrapping protocols: installed on the real transport, in front of the app's protocol.
 
-One class per read path. asyncio picks the buffered path with
-``isinstance(p, BufferedProtocol)``; uvloop with ``hasattr(p, "get_buffer") and
-not isinstance(p, asyncio.Protocol)``. So the plain wrapper must not have
-``get_buffer`` at all, and nothing here forwards unknown attributes.
+One class per shape of app protocol (see shapes.py): the wrapper has the
+app's asyncio protocol base classes and exactly the optional callbacks the app
+has, so that every ``isinstance``/``hasattr`` a loop makes before calling
+(asyncio's ``isinstance(p, BufferedProtocol)``, uvloop's ``hasattr(p,
+"get_buffer") and not isinstance(p, asyncio.Protocol)``, uvloop's lookup of
+``eof_received``...) answers as for the app. Nothing here forwards unknown
+attributes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 from typing import Any, Optional
 
 from . import proxy as _proxy
+from . import shapes as _shapes
 from .record import ConnectionRecord
 
 _make_proxy = _proxy.make_proxy
@@ -83,73 +87,103 @@ class _Wrapper:
         proxy._wrapper = new
         proxy._transport.set_protocol(new)
 
-    def pause_writing(self) -> None:
-        self._rec.writing_paused()
-        self._app.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._rec.writing_resumed()
-        self._app.resume_writing()
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for {self._app!r}>"
 
 
+# The optional callbacks (see shapes.py): a wrapper class has those of them
+# its app's protocol has.
+def _pause_writing(self: Any) -> None:
+    self._rec.writing_paused()
+    self._app.pause_writing()
+
+
+def _resume_writing(self: Any) -> None:
+    self._rec.writing_resumed()
+    self._app.resume_writing()
+
+
+def _data_received(self: Any, data: bytes) -> None:
+    self._rec.rx += len(data)
+    self._app.data_received(data)
+
+
+def _eof_received(self: Any) -> Optional[bool]:
+    self._rec.eof_received()
+    return self._app.eof_received()
+
+
+def _get_buffer(self: Any, sizehint: int) -> Any:
+    # The app's own buffer, handed through: no copy.
+    return self._app.get_buffer(sizehint)
+
+
+def _buffer_updated(self: Any, nbytes: int) -> None:
+    self._rec.rx += nbytes
+    self._app.buffer_updated(nbytes)
+
+
+def _datagram_received(self: Any, data: bytes, addr: Any) -> None:
+    self._rec.rx += len(data)
+    self._app.datagram_received(data, addr)
+
+
+def _error_received(self: Any, exc: Exception) -> None:
+    self._app.error_received(exc)
+
+
+def _pipe_data_received(self: Any, fd: int, data: bytes) -> None:
+    self._rec.rx += len(data)
+    self._app.pipe_data_received(fd, data)
+
+
+def _pipe_connection_lost(self: Any, fd: int, exc: Optional[BaseException]) -> None:
+    self._app.pipe_connection_lost(fd, exc)
+
+
+def _process_exited(self: Any) -> None:
+    self._app.process_exited()
+
+
+_METHODS = {name: globals()[f"_{name}"] for name in _shapes.OPTIONAL_CALLBACKS}
+_SLOTS = ("_app", "_rec", "_proxy")
+
+
 class PlainWrapper(_Wrapper, asyncio.Protocol):
-    __slots__ = ("_app", "_rec", "_proxy")
-
-    def data_received(self, data: bytes) -> None:
-        self._rec.rx += len(data)
-        self._app.data_received(data)
-
-    def eof_received(self) -> Optional[bool]:
-        self._rec.eof_received()
-        return self._app.eof_received()
+    __slots__ = _SLOTS
+    data_received = _data_received
+    eof_received = _eof_received
+    pause_writing = _pause_writing
+    resume_writing = _resume_writing
 
 
 class BufferedWrapper(_Wrapper, asyncio.BufferedProtocol):
-    __slots__ = ("_app", "_rec", "_proxy")
-
-    def get_buffer(self, sizehint: int) -> Any:
-        # The app's own buffer, handed through: no copy.
-        return self._app.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._rec.rx += nbytes
-        self._app.buffer_updated(nbytes)
-
-    def eof_received(self) -> Optional[bool]:
-        self._rec.eof_received()
-        return self._app.eof_received()
+    __slots__ = _SLOTS
+    get_buffer = _get_buffer
+    buffer_updated = _buffer_updated
+    eof_received = _eof_received
+    pause_writing = _pause_writing
+    resume_writing = _resume_writing
 
 
 class DatagramWrapper(_Wrapper, asyncio.DatagramProtocol):
-    __slots__ = ("_app", "_rec", "_proxy")
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._rec.rx += len(data)
-        self._app.datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self._app.error_received(exc)
+    __slots__ = _SLOTS
+    datagram_received = _datagram_received
+    error_received = _error_received
+    pause_writing = _pause_writing
+    resume_writing = _resume_writing
 
 
 class SubprocessWrapper(_Wrapper, asyncio.SubprocessProtocol):
-    __slots__ = ("_app", "_rec", "_proxy")
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self._rec.rx += len(data)
-        self._app.pipe_data_received(fd, data)
-
-    def pipe_connection_lost(self, fd: int, exc: Optional[BaseException]) -> None:
-        self._app.pipe_connection_lost(fd, exc)
-
-    def process_exited(self) -> None:
-        self._app.process_exited()
+    __slots__ = _SLOTS
+    pipe_data_received = _pipe_data_received
+    pipe_connection_lost = _pipe_connection_lost
+    process_exited = _process_exited
+    pause_writing = _pause_writing
+    resume_writing = _resume_writing
 
 
-def _on_uvloop(loop: Any) -> bool:
-    return loop is not None and type(loop).__module__.startswith("uvloop")
+_KNOWN = (PlainWrapper, BufferedWrapper, DatagramWrapper, SubprocessWrapper)
 
 
 class _AlreadyTraced:
@@ -178,38 +212,20 @@ _class_cache: dict[tuple, type] = {}
 
 
 def wrapper_class_for(app: Any, loop: Any = None) -> type:
-    """The wrapper that takes the same read path the loop would take for ``app``."""
+    """The wrapper of ``app``'s shape: every loop takes the path with it that it takes with ``app``."""
     if loop is None:
         loop = asyncio.events._get_running_loop()
-    # The answer depends on the app's class and the kind of loop only; cache it
-    # (one dict lookup per connection instead of several isinstance checks).
+    # Cached per (app class, loop class), the key the factory looks up inline:
+    # one dict lookup per connection. The shape itself does not depend on the loop.
     cache_key = (type(app), type(loop))
     cls = _class_cache.get(cache_key)
     if cls is None:
-        cls = _class_cache[cache_key] = _choose(app, _on_uvloop(loop))
+        if isinstance(app, _Wrapper):
+            cls = _AlreadyTraced
+        else:
+            cls = _shapes.build(_shapes.shape_of(app), _Wrapper, _METHODS, _SLOTS, _KNOWN)
+        _class_cache[cache_key] = cls
     return cls
-
-
-def _choose(app: Any, uvloop: bool) -> type:
-    if isinstance(app, _Wrapper):
-        return _AlreadyTraced
-    if isinstance(app, asyncio.SubprocessProtocol):
-        return SubprocessWrapper
-    if isinstance(app, asyncio.DatagramProtocol):
-        return DatagramWrapper
-    if uvloop:
-        buffered = hasattr(app, "get_buffer") and not isinstance(app, asyncio.Protocol)
-    else:
-        buffered = isinstance(app, asyncio.BufferedProtocol)
-    if buffered:
-        return BufferedWrapper
-    if not isinstance(app, asyncio.Protocol):
-        # Duck-typed protocols: follow what they implement.
-        if hasattr(app, "datagram_received"):
-            return DatagramWrapper
-        if hasattr(app, "pipe_data_received"):
-            return SubprocessWrapper
-    return PlainWrapper
 
 
 def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:

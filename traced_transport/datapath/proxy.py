@@ -189,8 +189,16 @@ def writelines(self, list_of_data):
     self._rec.tx += n
 
 
-def sendto(self, data, addr=None):
-    self._transport.sendto(data, addr)
+# A marker for "the app did not pass this argument": forwarders pass on exactly
+# the arguments they were given (a mock in the app's tests sees the same call).
+_UNSET: Any = object()
+
+
+def sendto(self, data, addr=_UNSET):
+    if addr is _UNSET:
+        self._transport.sendto(data)
+    else:
+        self._transport.sendto(data, addr)
     self._rec.tx += len(data) if type(data) is bytes else _nbytes(data)
 
 
@@ -235,7 +243,9 @@ def get_protocol(self):
     return protocol
 
 
-def get_extra_info(self, name, default=None):
+def get_extra_info(self, name, default=_UNSET):
+    if default is _UNSET:
+        return self._transport.get_extra_info(name)
     return self._transport.get_extra_info(name, default)
 
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ..report import report
+from . import abandoned as _abandoned
 from .classify import conn_key, key_for
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ RESET = "reset"  # ConnectionResetError / BrokenPipeError from the peer
 ABORTED = "aborted"  # transport.abort() was called
 ERROR = "error"  # any other exception
 TLS_FAILED = "tls_handshake_failed"
+ABANDONED = _abandoned.ABANDONED  # the transport was freed without connection_lost
 
 _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 # Ended records a registry queues before the loop folds them itself.
@@ -189,7 +191,7 @@ class ConnectionRecord:
         "close_reason",
         "error_type",
         "state",  # the observer's own per-connection object (e.g. a span)
-        "transport",  # the real transport while open (write-buffer gauge); None after close
+        "_transport_ref",  # the real transport, weakly (see abandoned.py), while open
         "_flags",  # _EOF | _LOCAL_CLOSE | _ABORTED
         "_rare",  # a _Rare, or None while every rare field has its default
         "eof_at",  # monotonic time of the peer's EOF, if the observer asked for it
@@ -218,7 +220,7 @@ class ConnectionRecord:
         self.close_reason: Optional[str] = None
         self.error_type: Optional[str] = None
         self.state: Any = None
-        self.transport: Any = None
+        self._transport_ref: Any = None
         self._flags = 0
         self._rare: Optional[_Rare] = None
         self.eof_at: Optional[float] = None
@@ -238,7 +240,7 @@ class ConnectionRecord:
         rec.close_reason = None
         rec.error_type = None
         rec.state = None
-        rec.transport = None
+        rec._transport_ref = None
         rec._flags = 0
         rec._rare = None
         rec.eof_at = None
@@ -249,6 +251,12 @@ class ConnectionRecord:
         if rare is None:
             rare = self._rare = _Rare()
         return rare
+
+    @property
+    def transport(self) -> Any:
+        """The real transport while open (write-buffer gauge); None after close or once freed."""
+        ref = self._transport_ref
+        return None if ref is None else ref()
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -264,7 +272,7 @@ class ConnectionRecord:
         """``transport`` is the real transport; observers get it too."""
         group = self.group
         self.opened_at = monotonic()
-        self.transport = transport
+        self._transport_ref = _abandoned.watch(self, transport)
         try:
             self.key = key_for(group, transport)
         except Exception as exc:  # noqa: BLE001
@@ -274,6 +282,8 @@ class ConnectionRecord:
             from .extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
+        if _abandoned._pending:  # records whose transports were freed without connection_lost
+            _abandoned.drain()
         group._live.add(self)
         if group.on_open is not None:
             try:
@@ -321,8 +331,9 @@ class ConnectionRecord:
                 group.on_close(self, exc)
             except Exception as exc2:  # noqa: BLE001
                 report("observer.on_close", exc2)
-        # Kept until the observer is done: it may read get_extra_info at close.
-        self.transport = None
+        # Kept until the observer is done: it may read get_extra_info (or TCP_INFO) at close.
+        # Dropping the weak reference drops its abandoned-transport callback with it.
+        self._transport_ref = None
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated

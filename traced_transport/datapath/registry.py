@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from . import abandoned as _abandoned
 from .classify import ConnKey
 from .record import ConnectionRecord, monotonic
 
@@ -133,6 +134,8 @@ class Registry:
                 self._lock.release()
 
     def snapshot(self) -> Snapshot:
+        if _abandoned._pending:
+            _abandoned.drain()
         with self._lock:
             live = list(self._live)  # one C call: atomic under the GIL
             folded: set = set()
@@ -144,6 +147,8 @@ class Registry:
         return Snapshot(closed, live, monotonic())
 
     def live(self) -> list[ConnectionRecord]:
+        if _abandoned._pending:
+            _abandoned.drain()
         return [rec for rec in list(self._live) if rec.closed_at is None]
 
     def totals(self, name: Optional[str] = None) -> Totals:

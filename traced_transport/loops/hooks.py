@@ -35,6 +35,7 @@ from ..datapath.record import TLS_FAILED, monotonic
 from ..report import report
 from . import factory as _factory_mod
 from . import patches
+from . import uvloop_tls_client as _uvloop_tls_client
 
 # Loop methods that take a protocol factory, and the side a connection made
 # through them is on (None: decided per call). Used by instrument().
@@ -86,6 +87,7 @@ def _make_factory_taking(original: Any, name: str) -> Any:
     side = _FACTORY_TAKING[name]
 
     tls_server = name in ("create_server", "create_unix_server")
+    tls_client = name in ("create_connection", "create_unix_connection")
 
     @functools.wraps(original)
     async def method(self, *args, **kwargs):
@@ -97,6 +99,15 @@ def _make_factory_taking(original: Any, name: str) -> Any:
             args, kwargs = instrumenting.wrap_call(name, side, args, kwargs)
         if tls_server and kwargs.get("ssl") is not None and args and type(self).__module__.startswith("uvloop"):
             args, kwargs = _uvloop_tls_server(self, args, kwargs)
+        if (
+            tls_client
+            and kwargs.get("ssl")
+            and args
+            and isinstance(args[0], _factory_mod.TracedProtocolFactory)
+            and _uvloop_tls_client.applies(self, args[0], kwargs)
+        ):
+            result = await _uvloop_tls_client.connect(original, self, name, args, kwargs, _watch_handshake)
+            return _map_pair(result)
         result = await original(self, *args, **kwargs)
         return _map_pair(result) if pair else result
 

@@ -1,0 +1,56 @@
+"""Connections that end without ``connection_lost``: the record leaves when its transport is gone.
+
+A loop closed with transports still open, a transport the app dropped
+without closing it, a connection the app never got back from a failed call:
+the loop never calls ``connection_lost``, and a record holding its transport
+would keep it, its protocol and its proxy alive, and count as an active
+connection forever.
+
+So a record refers to its real transport weakly. When the transport is freed,
+the weak reference's callback queues the record; the queue is drained (the
+record closed with reason ``abandoned``) at the next connection opened or
+registry read. The callback only queues: it may run inside any allocation,
+on any thread, possibly while the registry's lock is held.
+"""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+ABANDONED = "abandoned"
+
+_pending: collections.deque = collections.deque()
+
+
+class _TransportRef(weakref.ref):
+    __slots__ = ("rec",)
+
+
+def _gone(ref: _TransportRef) -> None:
+    # Only reached while the record still holds ``ref``, i.e. before its close()
+    # (which drops the reference, and with it this callback).
+    _pending.append(ref.rec)
+
+
+def watch(rec: Any, transport: Any) -> Callable[[], Any]:
+    """A callable returning ``transport`` while it lives (None after); queues ``rec`` when it goes."""
+    try:
+        ref = _TransportRef(transport, _gone)
+    except TypeError:  # no weak references to it (a stand-in of ours): hold it
+        return lambda: transport
+    ref.rec = rec
+    return ref
+
+
+def drain() -> None:
+    """Close every queued record (on the caller's thread, outside any registry lock)."""
+    while _pending:
+        try:
+            rec = _pending.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        if rec.closed_at is None:
+            rec.close(None, ABANDONED)
