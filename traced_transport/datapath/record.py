@@ -47,7 +47,7 @@ class Observer(Protocol):
 class Group:
     """What one ``traced()`` call shares between its connections."""
 
-    __slots__ = ("name", "side", "registry", "observer", "capture_extra", "parent_context")
+    __slots__ = ("name", "side", "registry", "observer", "capture_extra", "parent_context", "tcp_info")
 
     def __init__(
         self,
@@ -64,6 +64,8 @@ class Group:
         self.capture_extra = capture_extra
         # The observer asks for app callbacks to run in its per-connection context.
         self.parent_context = bool(getattr(observer, "parent_context", False))
+        # The observer reads TCP_INFO as connections end: it gets on_closing() while the socket is open.
+        self.tcp_info = bool(getattr(observer, "tcp_info", False))
 
 
 class _Rare:
@@ -239,9 +241,11 @@ class ConnectionRecord:
             self.close_reason = EOF
         else:
             self.close_reason = CLOSED
+        group = self.group
+        if group.tcp_info:  # TCP_INFO (telemetry/tcp_info.py): the last moment the socket is surely open
+            self.notify("on_closing", self.transport, True)
         self.closed_at = now
         self.transport = None
-        group = self.group
         group.registry._closed_record(self)
         if group.observer is not None:
             self.notify("on_close", exc)

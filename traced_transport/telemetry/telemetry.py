@@ -27,6 +27,8 @@ from ..report import report
 from ..version import __version__ as _VERSION
 from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
 from .histogram import HistogramAggregate
+from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
+from .tcp_metrics import TcpMetrics
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
@@ -75,6 +77,7 @@ class Telemetry:
         access_log: bool = False,
         spans: bool = True,
         parent_context: bool = False,
+        tcp_info: Optional[bool] = None,
     ) -> None:
         self.registry = registry if registry is not None else default_registry
         self.certificate_subjects = certificate_subjects
@@ -82,6 +85,10 @@ class Telemetry:
         self.access_log = access_log
         self.spans = spans
         self.parent_context = parent_context
+        # Linux TCP_INFO at each TCP connection's end (telemetry/tcp_info.py); None: the environment decides.
+        self.tcp_info = enabled_by_env() if tcp_info is None else bool(tcp_info)
+        self._tcp: Optional[TcpMetrics] = None
+        self._tcp_infos: dict[ConnectionRecord, TcpInfo] = {}
         self._attrs: dict[tuple, dict] = {}
         self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
@@ -168,6 +175,8 @@ class Telemetry:
             "TLS handshake duration, where the library sees it",
             HANDSHAKE_BUCKETS,
         )
+        if self.tcp_info:
+            self._tcp = TcpMetrics(self, m)
 
     def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
@@ -314,6 +323,8 @@ class Telemetry:
             rec.extra = snapshot_extra(transport)
 
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
+        if name == "eof" and self._tcp is not None:
+            self._tcp.closing(rec, rec.transport, False)
         if seconds is not None:
             self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
         state = rec.state
@@ -324,6 +335,18 @@ class Telemetry:
                 state.span.add_event(f"transport.{name}", attrs)
             else:
                 state.dropped += 1
+
+    def on_closing(self, rec: ConnectionRecord, transport: Any, final: bool) -> None:
+        """The connection ends (``final``: its record closes now); read TCP_INFO while the socket is open."""
+        tcp = self._tcp
+        if tcp is not None:
+            info = tcp.closing(rec, transport, final)
+            if info is not None:
+                self._tcp_infos[rec] = info
+
+    def tcp_info_of(self, rec: ConnectionRecord) -> Optional[TcpInfo]:
+        """The TCP_INFO read at ``rec``'s end, once (for the span built at close); None without one."""
+        return self._tcp_infos.pop(rec, None) if self._tcp_infos else None
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
@@ -355,6 +378,7 @@ class Telemetry:
         self._record(self._duration, duration, key, rec.error_type)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
             self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
+        tcp_info = self.tcp_info_of(rec)
         state = rec.state
         if isinstance(state, _SpanState):
             rec.state = None
@@ -370,6 +394,8 @@ class Telemetry:
                 end_attrs["error.type"] = rec.error_type
             if state.dropped:
                 end_attrs["transport.events.dropped"] = state.dropped
+            if tcp_info is not None:
+                end_attrs.update(tcp_span_attributes(tcp_info))
             span.set_attributes(end_attrs)
             if exc is not None:
                 span.record_exception(exc)

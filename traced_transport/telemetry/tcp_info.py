@@ -1,0 +1,233 @@
+"""The kernel's view of a TCP connection: Linux ``getsockopt(TCP_INFO)``.
+
+What asyncio sees (pauses, buffered bytes) explains half of a slow connection;
+the kernel knows round-trip time, retransmissions, unsent bytes and
+unacknowledged segments. Envoy's ``tcp_stats`` transport socket reads the same
+struct at close; the names below map to its ``cx_*`` stats (docs/tcp-info.md).
+
+``struct tcp_info`` (``linux/tcp.h``) only ever grows at its end, and the kernel
+copies ``min(asked, sizeof)`` bytes: a field is read only when the bytes this
+kernel returned reach past it, and left ``None`` otherwise. Anything but a
+Linux TCP socket (macOS, Windows, Unix sockets, UDP, pipes, a socket already
+closed) gives ``None``, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Any, Optional
+
+ENV = "TRACED_TRANSPORT_TCP_INFO"
+
+_TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None) if os.name == "posix" else None
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_SOCK_STREAM = socket.SOCK_STREAM
+_INET = (socket.AF_INET, socket.AF_INET6)
+# More than any kernel's struct today; the kernel returns only what it has.
+_ASK = 256
+
+# (field, offset, struct format) from linux/tcp.h. Times are in microseconds,
+# windows in segments, delivery_rate in bytes per second.
+_FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("state", 0, "B"),
+    ("retransmits", 2, "B"),
+    ("rto", 8, "I"),
+    ("snd_mss", 16, "I"),
+    ("unacked", 24, "I"),
+    ("lost", 32, "I"),
+    ("retrans", 36, "I"),
+    ("pmtu", 60, "I"),
+    ("rtt", 68, "I"),
+    ("rttvar", 72, "I"),
+    ("snd_ssthresh", 76, "I"),
+    ("snd_cwnd", 80, "I"),
+    ("total_retrans", 100, "I"),
+    ("bytes_acked", 120, "Q"),
+    ("bytes_received", 128, "Q"),
+    ("segs_out", 136, "I"),
+    ("segs_in", 140, "I"),
+    ("notsent_bytes", 144, "I"),
+    ("min_rtt", 148, "I"),
+    ("delivery_rate", 160, "Q"),
+    ("bytes_sent", 200, "Q"),
+    ("bytes_retrans", 208, "Q"),
+)
+_FIELD_STRUCTS = tuple((name, offset, struct.Struct("=" + fmt)) for name, offset, fmt in _FIELDS)
+# Every kernel since 4.6 returns at least the first 168 bytes (through
+# delivery_rate): one unpack for those instead of one per field.
+_PREFIX = struct.Struct("<8B24I4Q6IQ")
+_PREFIX_PICK = (
+    ("state", 0),
+    ("retransmits", 2),
+    ("rto", 8),
+    ("snd_mss", 10),
+    ("unacked", 12),
+    ("lost", 14),
+    ("retrans", 15),
+    ("pmtu", 21),
+    ("rtt", 23),
+    ("rttvar", 24),
+    ("snd_ssthresh", 25),
+    ("snd_cwnd", 26),
+    ("total_retrans", 31),
+    ("bytes_acked", 34),
+    ("bytes_received", 35),
+    ("segs_out", 36),
+    ("segs_in", 37),
+    ("notsent_bytes", 38),
+    ("min_rtt", 39),
+    ("delivery_rate", 42),
+)
+_TAIL = tuple(f for f in _FIELD_STRUCTS if f[1] >= _PREFIX.size)
+
+
+class TcpInfo:
+    """The fields of one ``TCP_INFO`` read; ``None`` where this kernel's struct stops short."""
+
+    __slots__ = ("length",) + tuple(name for name, _, _ in _FIELDS)
+
+    length: int
+    state: Optional[int]
+    retransmits: Optional[int]
+    rto: Optional[int]
+    snd_mss: Optional[int]
+    unacked: Optional[int]
+    lost: Optional[int]
+    retrans: Optional[int]
+    pmtu: Optional[int]
+    rtt: Optional[int]
+    rttvar: Optional[int]
+    snd_ssthresh: Optional[int]
+    snd_cwnd: Optional[int]
+    total_retrans: Optional[int]
+    bytes_acked: Optional[int]
+    bytes_received: Optional[int]
+    segs_out: Optional[int]
+    segs_in: Optional[int]
+    notsent_bytes: Optional[int]
+    min_rtt: Optional[int]
+    delivery_rate: Optional[int]
+    bytes_sent: Optional[int]
+    bytes_retrans: Optional[int]
+
+    def as_dict(self) -> dict[str, int]:
+        """The fields this kernel returned."""
+        out = {}
+        for name, _, _ in _FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        return f"<TcpInfo {self.as_dict()}>"
+
+
+def parse(raw: bytes) -> TcpInfo:
+    """``raw`` as returned by ``getsockopt(IPPROTO_TCP, TCP_INFO, n)``, of whatever length."""
+    info = TcpInfo()
+    n = info.length = len(raw)
+    if n >= _PREFIX.size:
+        values = _PREFIX.unpack_from(raw)
+        for name, i in _PREFIX_PICK:
+            setattr(info, name, values[i])
+        fields = _TAIL
+    else:
+        fields = _FIELD_STRUCTS
+    for name, offset, st in fields:
+        setattr(info, name, st.unpack_from(raw, offset)[0] if offset + st.size <= n else None)
+    return info
+
+
+def _tcp_socket(transport: Any) -> Any:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in _INET or sock.type != _SOCK_STREAM:
+        return None
+    return sock
+
+
+def read_tcp_info(transport: Any) -> Optional[TcpInfo]:
+    """The kernel's ``TCP_INFO`` for ``transport``'s socket, or None (not Linux, not TCP, closed). Never raises.
+
+    Over TLS the socket is the TCP one under it, as ``get_extra_info("socket")`` gives it.
+    """
+    if _TCP_INFO is None or transport is None:
+        return None
+    try:
+        sock = _tcp_socket(transport)
+        if sock is None:
+            return None
+        # A closed asyncio socket has fileno -1 and uvloop's cached pseudo-socket
+        # too, so this never reads another connection's reused descriptor.
+        return parse(sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, _ASK))
+    except Exception:  # noqa: BLE001 - closed under us, or not a real socket: nothing to say
+        return None
+
+
+def tcp_span_attributes(info: Optional[TcpInfo]) -> dict[str, Any]:
+    """Span attributes (``transport.tcp.*``) of one read: seconds, segments, bytes, bytes per second."""
+    if info is None:
+        return {}
+    attrs: dict[str, Any] = {}
+    if info.rtt is not None:
+        attrs["transport.tcp.rtt"] = info.rtt / 1e6
+    if info.rttvar is not None:
+        attrs["transport.tcp.rtt_variance"] = info.rttvar / 1e6
+    if info.min_rtt is not None:
+        attrs["transport.tcp.min_rtt"] = info.min_rtt / 1e6
+    if info.retransmits is not None:
+        attrs["transport.tcp.retransmits"] = info.retransmits
+    if info.total_retrans is not None:
+        attrs["transport.tcp.total_retrans"] = info.total_retrans
+    if info.segs_out is not None:
+        attrs["transport.tcp.segments.sent"] = info.segs_out
+    if info.snd_cwnd is not None:
+        attrs["transport.tcp.snd_cwnd"] = info.snd_cwnd
+    if info.delivery_rate is not None:
+        attrs["transport.tcp.delivery_rate"] = info.delivery_rate
+    if info.pmtu is not None:
+        attrs["transport.tcp.pmtu"] = info.pmtu
+    return attrs
+
+
+def tcp_info_row(transport: Any) -> dict[str, Any]:
+    """For a live view, read on request: ``{"rtt_s", "retransmits", "total_retrans", "unacked", "notsent_bytes"}``.
+
+    Empty for anything but a Linux TCP connection. Safe from any thread (one
+    getsockopt; a socket closed meanwhile gives an empty dict).
+    """
+    info = read_tcp_info(transport)
+    if info is None:
+        return {}
+    return {
+        "rtt_s": None if info.rtt is None else info.rtt / 1e6,
+        "retransmits": info.retransmits,
+        "total_retrans": info.total_retrans,
+        "unacked": info.unacked,
+        "notsent_bytes": info.notsent_bytes,
+    }
+
+
+def retransmitted_share(info: TcpInfo) -> Optional[float]:
+    """Retransmitted segments over segments sent (Envoy's cx_tx_percent_retransmitted_segments / 100)."""
+    if info.segs_out and info.total_retrans is not None:
+        return info.total_retrans / info.segs_out
+    return None
+
+
+def enabled_by_env(environ: Any = os.environ) -> bool:
+    return environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+__all__ = [
+    "ENV",
+    "TcpInfo",
+    "enabled_by_env",
+    "parse",
+    "read_tcp_info",
+    "retransmitted_share",
+    "tcp_info_row",
+    "tcp_span_attributes",
+]
