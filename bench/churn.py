@@ -86,8 +86,10 @@ def server_main(mode: str, loop_kind: str, port_q, stop_ev, stats_q) -> None:
     import resource
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if mode in ("unsampled", "sampled", "sampled-drop"):
-        _setup_otel(mode != "unsampled", encode=mode == "sampled")
+    if mode == "tcpinfo":  # unsampled, plus TCP_INFO read at each connection's end
+        os.environ["TRACED_TRANSPORT_TCP_INFO"] = "1"
+    if mode in ("unsampled", "sampled", "sampled-drop", "tcpinfo"):
+        _setup_otel(mode not in ("unsampled", "tcpinfo"), encode=mode == "sampled")
     import traced_transport  # noqa: F401 - loaded before the CPU baseline below
 
     made = [0]

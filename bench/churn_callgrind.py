@@ -28,8 +28,10 @@ def serve(mode: str, loop_kind: str, n: int) -> None:
     sys.path.insert(0, HERE)
     from churn import Echo, _setup_otel, server_factory
 
-    if mode in ("unsampled", "sampled", "sampled-drop"):
-        _setup_otel(mode != "unsampled", encode=mode == "sampled")
+    if mode == "tcpinfo":  # unsampled, plus TCP_INFO read at each connection's end
+        os.environ["TRACED_TRANSPORT_TCP_INFO"] = "1"
+    if mode in ("unsampled", "sampled", "sampled-drop", "tcpinfo"):
+        _setup_otel(mode not in ("unsampled", "tcpinfo"), encode=mode == "sampled")
     import traced_transport  # noqa: F401 - loaded before the loop runs, as it was in every mode
 
     count = [0]

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 ENV = "TRACED_TRANSPORT_TCP_INFO"
 
 _TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None) if os.name == "posix" else None
 _IPPROTO_TCP = socket.IPPROTO_TCP
 _SOCK_STREAM = socket.SOCK_STREAM
-_INET = (socket.AF_INET, socket.AF_INET6)
+_AF_INET = socket.AF_INET
 # More than any kernel's struct today; the kernel returns only what it has.
 _ASK = 256
 
@@ -54,63 +54,93 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("bytes_sent", 200, "Q"),
     ("bytes_retrans", 208, "Q"),
 )
-_FIELD_STRUCTS = tuple((name, offset, struct.Struct("=" + fmt)) for name, offset, fmt in _FIELDS)
+_STRUCTS = {fmt: struct.Struct("=" + fmt) for fmt in "BIQ"}
 # Every kernel since 4.6 returns at least the first 168 bytes (through
-# delivery_rate): one unpack for those instead of one per field.
-_PREFIX = struct.Struct("<8B24I4Q6IQ")
-_PREFIX_PICK = (
-    ("state", 0),
-    ("retransmits", 2),
-    ("rto", 8),
-    ("snd_mss", 10),
-    ("unacked", 12),
-    ("lost", 14),
-    ("retrans", 15),
-    ("pmtu", 21),
-    ("rtt", 23),
-    ("rttvar", 24),
-    ("snd_ssthresh", 25),
-    ("snd_cwnd", 26),
-    ("total_retrans", 31),
-    ("bytes_acked", 34),
-    ("bytes_received", 35),
-    ("segs_out", 36),
-    ("segs_in", 37),
-    ("notsent_bytes", 38),
-    ("min_rtt", 39),
-    ("delivery_rate", 42),
-)
-_TAIL = tuple(f for f in _FIELD_STRUCTS if f[1] >= _PREFIX.size)
+# delivery_rate): one unpack of the fields above from those (pad bytes for the
+# rest, so no int objects for fields nobody reads), each field a property
+# indexing the result.
+_PREFIX_SIZE = 168
+
+
+def _prefix_struct() -> tuple[struct.Struct, dict[str, int]]:
+    fmt, at, index = "<", 0, {}
+    for name, offset, code in sorted(_FIELDS, key=lambda f: f[1]):
+        size = _STRUCTS[code].size
+        if offset + size > _PREFIX_SIZE:
+            continue
+        fmt += "x" * (offset - at) + code
+        at = offset + size
+        index[name] = len(index)
+    fmt += "x" * (_PREFIX_SIZE - at)
+    return struct.Struct(fmt), index
+
+
+_PREFIX, _PREFIX_INDEX = _prefix_struct()
+assert _PREFIX.size == _PREFIX_SIZE
+_RTT, _SEGS_OUT, _TOTAL_RETRANS = (_PREFIX_INDEX[n] for n in ("rtt", "segs_out", "total_retrans"))
+
+
+def _field(name: str, offset: int, fmt: str) -> property:
+    size = _STRUCTS[fmt].size
+    unpack_from = _STRUCTS[fmt].unpack_from
+    i = _PREFIX_INDEX.get(name)
+    if i is not None:
+
+        def fget(self: TcpInfo) -> Optional[int]:
+            values = self._values
+            if values is not None:
+                return values[i]
+            return unpack_from(self._raw, offset)[0] if offset + size <= self.length else None
+
+    else:
+
+        def fget(self: TcpInfo) -> Optional[int]:
+            return unpack_from(self._raw, offset)[0] if offset + size <= self.length else None
+
+    return property(fget, doc=f"tcpi_{name} (linux/tcp.h), None if this kernel's struct stops before it")
 
 
 class TcpInfo:
-    """The fields of one ``TCP_INFO`` read; ``None`` where this kernel's struct stops short."""
+    """One ``TCP_INFO`` read; a field is ``None`` where this kernel's struct stops short of it."""
 
-    __slots__ = ("length",) + tuple(name for name, _, _ in _FIELDS)
+    __slots__ = ("length", "_raw", "_values")
 
-    length: int
-    state: Optional[int]
-    retransmits: Optional[int]
-    rto: Optional[int]
-    snd_mss: Optional[int]
-    unacked: Optional[int]
-    lost: Optional[int]
-    retrans: Optional[int]
-    pmtu: Optional[int]
-    rtt: Optional[int]
-    rttvar: Optional[int]
-    snd_ssthresh: Optional[int]
-    snd_cwnd: Optional[int]
-    total_retrans: Optional[int]
-    bytes_acked: Optional[int]
-    bytes_received: Optional[int]
-    segs_out: Optional[int]
-    segs_in: Optional[int]
-    notsent_bytes: Optional[int]
-    min_rtt: Optional[int]
-    delivery_rate: Optional[int]
-    bytes_sent: Optional[int]
-    bytes_retrans: Optional[int]
+    if TYPE_CHECKING:
+        state: Optional[int]
+        retransmits: Optional[int]
+        rto: Optional[int]
+        snd_mss: Optional[int]
+        unacked: Optional[int]
+        lost: Optional[int]
+        retrans: Optional[int]
+        pmtu: Optional[int]
+        rtt: Optional[int]
+        rttvar: Optional[int]
+        snd_ssthresh: Optional[int]
+        snd_cwnd: Optional[int]
+        total_retrans: Optional[int]
+        bytes_acked: Optional[int]
+        bytes_received: Optional[int]
+        segs_out: Optional[int]
+        segs_in: Optional[int]
+        notsent_bytes: Optional[int]
+        min_rtt: Optional[int]
+        delivery_rate: Optional[int]
+        bytes_sent: Optional[int]
+        bytes_retrans: Optional[int]
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        n = self.length = len(raw)
+        # Short of the prefix (kernels before 4.6): each field on its own.
+        self._values = _PREFIX.unpack_from(raw) if n >= _PREFIX_SIZE else None
+
+    def end_counts(self) -> tuple[Optional[int], Optional[int], Optional[int]]:
+        """``(rtt, segs_out, total_retrans)``: what every connection's end records, without three property calls."""
+        values = self._values
+        if values is not None:
+            return values[_RTT], values[_SEGS_OUT], values[_TOTAL_RETRANS]
+        return self.rtt, self.segs_out, self.total_retrans
 
     def as_dict(self) -> dict[str, int]:
         """The fields this kernel returned."""
@@ -125,27 +155,21 @@ class TcpInfo:
         return f"<TcpInfo {self.as_dict()}>"
 
 
+for _name, _offset, _fmt in _FIELDS:
+    setattr(TcpInfo, _name, _field(_name, _offset, _fmt))
+
+
 def parse(raw: bytes) -> TcpInfo:
     """``raw`` as returned by ``getsockopt(IPPROTO_TCP, TCP_INFO, n)``, of whatever length."""
-    info = TcpInfo()
-    n = info.length = len(raw)
-    if n >= _PREFIX.size:
-        values = _PREFIX.unpack_from(raw)
-        for name, i in _PREFIX_PICK:
-            setattr(info, name, values[i])
-        fields = _TAIL
-    else:
-        fields = _FIELD_STRUCTS
-    for name, offset, st in fields:
-        setattr(info, name, st.unpack_from(raw, offset)[0] if offset + st.size <= n else None)
-    return info
+    return TcpInfo(raw)
 
 
-def _tcp_socket(transport: Any) -> Any:
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in _INET or sock.type != _SOCK_STREAM:
-        return None
-    return sock
+_socket_of_fd = socket.socket
+_PseudoSocket: Optional[type] = None
+try:
+    from uvloop.loop import PseudoSocket as _PseudoSocket  # type: ignore[no-redef]
+except Exception:  # noqa: BLE001 - no uvloop, or one without it: asyncio sockets only
+    pass
 
 
 def read_tcp_info(transport: Any) -> Optional[TcpInfo]:
@@ -156,13 +180,29 @@ def read_tcp_info(transport: Any) -> Optional[TcpInfo]:
     if _TCP_INFO is None or transport is None:
         return None
     try:
-        sock = _tcp_socket(transport)
+        sock = transport.get_extra_info("socket")
         if sock is None:
             return None
-        # A closed asyncio socket has fileno -1 and uvloop's cached pseudo-socket
-        # too, so this never reads another connection's reused descriptor.
-        return parse(sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, _ASK))
-    except Exception:  # noqa: BLE001 - closed under us, or not a real socket: nothing to say
+        if type(sock) is _PseudoSocket:
+            # uvloop's pseudo-socket makes a socket object per getsockopt and asks
+            # the kernel for its family, type and protocol first: giving them
+            # skips three syscalls. The object only borrows the descriptor
+            # (detached before it can close it), as uvloop's own does; a closed
+            # uvloop transport's cached pseudo-socket says -1.
+            fd = sock.fileno()
+            if fd < 0:
+                return None
+            borrowed = _socket_of_fd(_AF_INET, _SOCK_STREAM, 0, fd)
+            try:
+                raw = borrowed.getsockopt(_IPPROTO_TCP, _TCP_INFO, _ASK)
+            finally:
+                borrowed.detach()
+        else:
+            # A closed asyncio socket has fileno -1: never another connection's
+            # reused descriptor. UDP and Unix sockets refuse TCP_INFO (EOPNOTSUPP).
+            raw = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, _ASK)
+        return TcpInfo(raw)
+    except Exception:  # noqa: BLE001 - closed under us, not TCP, not a real socket: nothing to say
         return None
 
 

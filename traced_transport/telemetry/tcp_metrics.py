@@ -20,7 +20,7 @@ from ..datapath.classify import ConnKey
 from ..datapath.record import monotonic
 from ..report import report
 from .histogram import HistogramAggregate
-from .tcp_info import TcpInfo, read_tcp_info, retransmitted_share
+from .tcp_info import TcpInfo, read_tcp_info
 
 if TYPE_CHECKING:
     from ..datapath.record import ConnectionRecord
@@ -114,17 +114,17 @@ class TcpMetrics:
     def _count(self, rec: ConnectionRecord, info: TcpInfo) -> None:
         key = rec.key
         telemetry = self.telemetry
-        if info.rtt is not None and info.rtt:
-            telemetry._record(self.rtt, info.rtt / 1e6, key)
-        share = retransmitted_share(info)
-        if share is not None:
-            telemetry._record(self.retransmitted, share, key)
-        if info.segs_out is not None:
+        rtt, sent, retransmitted = info.end_counts()
+        if rtt:
+            telemetry._record(self.rtt, rtt / 1e6, key)
+        if sent:
+            retransmitted = retransmitted or 0
+            telemetry._record(self.retransmitted, retransmitted / sent, key)
             sums = self.segments.get(key)
             if sums is None:
                 sums = self.segments[key] = [0, 0]
-            sums[0] += info.segs_out
-            sums[1] += info.total_retrans or 0
+            sums[0] += sent
+            sums[1] += retransmitted
 
     # -- collection (any thread) -----------------------------------------------
     def _observe_segments(self, i: int):
