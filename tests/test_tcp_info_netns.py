@@ -58,7 +58,22 @@ def lossy_netns():
     try:
         ns = ("ip", "netns", "exec", name)
         _sh(*ns, "ip", "link", "set", "lo", "mtu", "1500", "up")
-        _sh(*ns, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "20mbit", "burst", "32kbit", "latency", "50ms")
+        _sh(
+            *ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "tbf",
+            "rate",
+            "20mbit",
+            "burst",
+            "32kbit",
+            "latency",
+            "50ms",
+        )
         yield name
     finally:
         subprocess.run(("ip", "netns", "del", name), capture_output=True, timeout=30)
@@ -109,7 +124,17 @@ def _run_in_netns(ns: str, loop_kind: str, coro_fn):
 def ss_info(ns: str, sport: int, dport: int) -> dict[str, str]:
     """``ss -tin``'s fields for the connection from ``sport`` to ``dport``, as ``{name: text}``."""
     out = subprocess.run(
-        ("ip", "netns", "exec", ns, "ss", "-tinH", "state", "established", f"( sport = :{sport} and dport = :{dport} )"),
+        (
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            "-tinH",
+            "state",
+            "established",
+            f"( sport = :{sport} and dport = :{dport} )",
+        ),
         check=True,
         capture_output=True,
         text=True,
@@ -185,7 +210,7 @@ def test_values_match_ss_and_retransmissions_show(loop_kind, lossy_netns):
     retrans = {a["transport.name"]: p.value for a, p, _ in metrics["transport.tcp.segments.retransmitted"]}
     sent = {a["transport.name"]: p.value for a, p, _ in metrics["transport.tcp.segments.sent"]}
     assert retrans["c"] >= last.total_retrans and sent["c"] >= last.segs_out > PAYLOAD // 1500
-    share = {a["transport.name"]: p for a, p, _ in metrics["transport.tcp.retransmitted"]}
+    share = {a["transport.name"]: p for a, p, _ in metrics["transport.tcp.retransmitted.ratio"]}
     assert 0 < share["c"].sum < 1
     rtt = {a["transport.name"]: p for a, p, _ in metrics["transport.tcp.rtt"]}
     assert rtt["c"].sum >= 0.001

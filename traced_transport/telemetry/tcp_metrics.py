@@ -50,7 +50,7 @@ class TcpMetrics:
         self.retransmitted = self._histogram(
             telemetry,
             meter,
-            "transport.tcp.retransmitted",
+            "transport.tcp.retransmitted.ratio",
             "1",
             "Share of each TCP connection's segments that were retransmissions, at its end",
             RETRANSMITTED_BUCKETS,
