@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 
@@ -246,3 +247,66 @@ def test_unix_and_udp_untouched(run, caplog):
     metrics = otel.metrics()
     for name in ("transport.tcp.rtt", "transport.tcp.segments.sent", "transport.tcp.unsent"):
         assert not metrics.get(name), name
+
+
+@linux_only
+def test_prometheus_names_pass_promtool(run, promtool_bin):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+    from traced_transport.exporters import histograms
+    from traced_transport.exporters.prometheus import prometheus_reader
+
+    registry = CollectorRegistry(auto_describe=False)
+    reader, _collector = prometheus_reader(registry)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    telemetry = tt.Telemetry(tt.Registry(), meter_provider=provider, spans=False, tcp_info=True)
+    histograms.attach(reader, telemetry)
+
+    async def main():
+        server, s_proto, c_tr, c_proto = await tcp_pair(
+            wrap_server=lambda f: tt.traced(f, name="p", observer=telemetry),
+            wrap_client=lambda f: tt.traced(f, name="pc", side="client", observer=telemetry),
+        )
+        c_tr.write(b"x" * 1000)
+        await s_proto.wait_bytes(1000)
+        text = await asyncio.to_thread(lambda: generate_latest(registry).decode())  # one connection still open
+        c_tr.close()
+        await asyncio.wait_for(asyncio.gather(s_proto.lost, c_proto.lost), 10)
+        await closed(server)
+        return text
+
+    live_text = run(main)
+    text = generate_latest(registry).decode()
+    for name in (
+        "transport_tcp_rtt_seconds_bucket{",
+        "transport_tcp_retransmitted_ratio_bucket{",
+        "transport_tcp_segments_sent_total{",
+        "transport_tcp_segments_retransmitted_total{",
+    ):
+        assert name in text, name
+    assert "transport_tcp_unsent_bytes{" in live_text and "transport_tcp_unacked{" in live_text
+    for t in (text, live_text):
+        proc = subprocess.run([promtool_bin, "check", "metrics"], input=t.encode(), capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@linux_only
+def test_read_after_start_tls(run, server_ctx, client_ctx):
+    """A connection upgraded with start_tls loses its TCP socket before connection_lost too: read at the EOF."""
+    otel = Otel(tcp_info=True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, s_app, c_tr, c_app = await tcp_pair(wrap_server=otel.server("up"))
+        s_new, c_new = await asyncio.gather(
+            loop.start_tls(s_app.transport, s_app, server_ctx, server_side=True),
+            loop.start_tls(c_tr, c_app, client_ctx, server_hostname="localhost"),
+        )
+        c_new.write(b"x" * 5000)
+        await s_app.wait_bytes(5000)
+        c_new.close()
+        await s_app.lost
+        await closed(server)
+
+    run(main)
+    _assert_tcp_span(_span(otel, "up"))

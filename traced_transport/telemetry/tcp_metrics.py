@@ -93,8 +93,10 @@ class TcpMetrics:
         """Read TCP_INFO as the connection ends; returns the read kept for the record's close."""
         if not final:
             # Only TLS needs an early read (see the module's docstring); once is enough.
+            # (After start_tls the key still says plain TCP; the handshake time says TLS.)
             key = rec.key
-            if key is not None and key.tls_version is not None and key.network_transport == "tcp":
+            tls = key is not None and (key.tls_version is not None or rec.tls_handshake_s is not None)
+            if tls and key.network_transport == "tcp":
                 if rec not in self.early:
                     info = read_tcp_info(transport)
                     if info is not None:
