@@ -310,3 +310,37 @@ def test_read_after_start_tls(run, server_ctx, client_ctx):
 
     run(main)
     _assert_tcp_span(_span(otel, "up"))
+
+
+@linux_only
+@pytest.mark.parametrize("live", [False, True], ids=["at-close", "live"])
+def test_segment_counters_of_a_long_connection(run, live):
+    """With live counters, an open connection's segments show at each collection; either way the total at the
+    end is exactly what the kernel counted for the connection (the span's transport.tcp.segments.sent)."""
+    otel = Otel(tcp_info=True, tcp_info_live_counters=live)
+
+    def sent() -> int:
+        return sum(
+            p.value for a, p, _ in otel.metrics().get("transport.tcp.segments.sent", []) if a["transport.name"] == "c"
+        )
+
+    async def main():
+        server, s_proto, c_tr, c_proto = await tcp_pair(wrap_server=otel.server(), wrap_client=otel.client())
+        seen = []
+        for i in range(1, 4):
+            c_tr.write(b"x" * 100_000)
+            await s_proto.wait_bytes(100_000 * i)
+            seen.append(await asyncio.to_thread(sent))
+        c_tr.close()
+        await asyncio.wait_for(asyncio.gather(s_proto.lost, c_proto.lost), 10)
+        await closed(server)
+        return seen
+
+    seen = run(main)
+    if live:
+        assert 0 < seen[0] < seen[1] < seen[2], seen
+    else:
+        assert seen == [0, 0, 0]
+    total = sent()
+    assert total == _span(otel, "c").attributes["transport.tcp.segments.sent"] >= seen[-1]
+    assert not otel.telemetry._tcp._counted

@@ -29,13 +29,20 @@ if TYPE_CHECKING:
 # Loopback is tens of microseconds, a continent a hundred milliseconds.
 RTT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 RETRANSMITTED_BUCKETS = (0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+_ENDED = object()
 
 
 class TcpMetrics:
     """The instruments, and what connections that ended left for the counters."""
 
-    def __init__(self, telemetry: Telemetry, meter: Any) -> None:
+    def __init__(self, telemetry: Telemetry, meter: Any, live_counters: bool = False) -> None:
         self.telemetry = telemetry
+        # Also move the segment counters at each collection by what open connections sent since the
+        # last one (Envoy's update_period, with the collection interval as the period).
+        self.live_counters = live_counters
+        # Open connection -> (sent, retransmitted) already in self.segments; _ENDED once its end counted.
+        self._counted: dict[ConnectionRecord, Any] = {}
+        self._count_lock = threading.Lock()
         self.max_live_reads = 4096
         # ConnKey -> [segments sent, segments retransmitted] of connections that ended; written on the loop.
         self.segments: dict[ConnKey, list[int]] = {}
@@ -55,18 +62,8 @@ class TcpMetrics:
             "Share of each TCP connection's segments that were retransmissions, at its end",
             RETRANSMITTED_BUCKETS,
         )
-        meter.create_observable_counter(
-            "transport.tcp.segments.sent",
-            [self._observe_segments(0)],
-            "{segment}",
-            "TCP segments sent by connections that ended (retransmissions included)",
-        )
-        meter.create_observable_counter(
-            "transport.tcp.segments.retransmitted",
-            [self._observe_segments(1)],
-            "{segment}",
-            "TCP segments retransmitted by connections that ended",
-        )
+        # The gauges first: callbacks run in creation order, and with live counters the
+        # gauges' pass over the live connections also moves the counters of this collection.
         meter.create_observable_gauge(
             "transport.tcp.unsent",
             [self._observe_live(0)],
@@ -78,6 +75,18 @@ class TcpMetrics:
             [self._observe_live(1)],
             "{segment}",
             "Segments sent and not yet acknowledged by the peer, summed over open TCP connections",
+        )
+        meter.create_observable_counter(
+            "transport.tcp.segments.sent",
+            [self._observe_segments(0)],
+            "{segment}",
+            "TCP segments sent (retransmissions included), counted when connections end",
+        )
+        meter.create_observable_counter(
+            "transport.tcp.segments.retransmitted",
+            [self._observe_segments(1)],
+            "{segment}",
+            "TCP segments retransmitted, counted when connections end",
         )
 
     @staticmethod
@@ -122,11 +131,49 @@ class TcpMetrics:
         if sent:
             retransmitted = retransmitted or 0
             telemetry._record(self.retransmitted, retransmitted / sent, key)
-            sums = self.segments.get(key)
-            if sums is None:
-                sums = self.segments[key] = [0, 0]
+            if self.live_counters:
+                with self._count_lock:
+                    before = self._counted.get(rec)
+                    self._counted[rec] = _ENDED
+                    if before is not None and before is not _ENDED:
+                        self._add(key, sent - before[0], retransmitted - before[1])
+                    else:
+                        self._add(key, sent, retransmitted)
+            else:
+                self._add(key, sent, retransmitted)
+
+    def _add(self, key: ConnKey, sent: int, retransmitted: int) -> None:
+        sums = self.segments.get(key)
+        if sums is None:
+            sums = self.segments[key] = [0, 0]
+        # A TLS connection's end may be an earlier read than the last live one: never count down.
+        if sent > 0:
             sums[0] += sent
+        if retransmitted > 0:
             sums[1] += retransmitted
+
+    def ended(self, rec: ConnectionRecord) -> None:
+        """The record's close is over (closed_at set): forget it (live counters only)."""
+        if self.live_counters:
+            with self._count_lock:
+                self._counted.pop(rec, None)
+
+    def _count_live(self, rec: ConnectionRecord, info: TcpInfo) -> None:
+        # On the collecting thread. A connection whose end is being counted on its loop is
+        # marked _ENDED first, and one whose close is over has closed_at set: neither moves here.
+        _, sent, retransmitted = info.end_counts()
+        if sent is None:
+            return
+        retransmitted = retransmitted or 0
+        with self._count_lock:
+            before = self._counted.get(rec)
+            if before is _ENDED or rec.closed_at is not None:
+                return
+            self._counted[rec] = (sent, retransmitted)
+            if before is None:
+                self._add(rec.key, sent, retransmitted)
+            else:
+                self._add(rec.key, sent - before[0], retransmitted - before[1])
 
     # -- collection (any thread) -----------------------------------------------
     def _observe_segments(self, i: int):
@@ -165,6 +212,8 @@ class TcpMetrics:
                 if info is not None:
                     pair[0] += info.notsent_bytes or 0
                     pair[1] += info.unacked or 0
+                    if self.live_counters:
+                        self._count_live(rec, info)
             self._cached = (now, sums)
             return sums
 

@@ -78,6 +78,7 @@ class Telemetry:
         spans: bool = True,
         parent_context: bool = False,
         tcp_info: Optional[bool] = None,
+        tcp_info_live_counters: bool = False,
     ) -> None:
         self.registry = registry if registry is not None else default_registry
         self.certificate_subjects = certificate_subjects
@@ -87,6 +88,7 @@ class Telemetry:
         self.parent_context = parent_context
         # Linux TCP_INFO at each TCP connection's end (telemetry/tcp_info.py); None: the environment decides.
         self.tcp_info = enabled_by_env() if tcp_info is None else bool(tcp_info)
+        self.tcp_info_live_counters = tcp_info_live_counters
         self._tcp: Optional[TcpMetrics] = None
         self._tcp_infos: dict[ConnectionRecord, TcpInfo] = {}
         self._attrs: dict[tuple, dict] = {}
@@ -176,7 +178,7 @@ class Telemetry:
             HANDSHAKE_BUCKETS,
         )
         if self.tcp_info:
-            self._tcp = TcpMetrics(self, m)
+            self._tcp = TcpMetrics(self, m, self.tcp_info_live_counters)
 
     def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
@@ -379,6 +381,8 @@ class Telemetry:
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
             self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
         tcp_info = self.tcp_info_of(rec)
+        if self._tcp is not None:
+            self._tcp.ended(rec)
         state = rec.state
         if isinstance(state, _SpanState):
             rec.state = None
