@@ -92,6 +92,7 @@ def test_read_never_raises_and_skips_what_is_not_tcp():
             s.close()
 
 
+@linux_only
 def test_off_unless_asked(monkeypatch):
     monkeypatch.delenv(ti.ENV, raising=False)
     assert tt.Telemetry(tt.Registry()).tcp_info is False
@@ -344,3 +345,26 @@ def test_segment_counters_of_a_long_connection(run, live):
     total = sent()
     assert total == _span(otel, "c").attributes["transport.tcp.segments.sent"] >= seen[-1]
     assert not otel.telemetry._tcp._counted
+
+
+def test_elsewhere_nothing_and_no_error(run, monkeypatch, caplog):
+    """Where there is no Linux TCP_INFO (macOS, Windows, BSDs), TCP connections get no tcp attributes or points."""
+    monkeypatch.setattr(ti, "_TCP_INFO", None)
+    _safety.reset_rate_limit()
+    otel = Otel(tcp_info=True)
+    assert otel.telemetry.tcp_info is False
+
+    async def main():
+        server, s_proto, c_tr, c_proto = await tcp_pair(wrap_server=otel.server(), wrap_client=otel.client())
+        c_tr.write(b"x" * 1000)
+        await s_proto.wait_bytes(1000)
+        assert ti.tcp_info_row(c_tr) == {}
+        c_tr.close()
+        await asyncio.wait_for(asyncio.gather(s_proto.lost, c_proto.lost), 10)
+        await closed(server)
+
+    with caplog.at_level(logging.WARNING, logger="traced_transport"):
+        run(main)
+    assert not caplog.records
+    assert not [k for s in otel.spans() for k in s.attributes if k.startswith("transport.tcp.")]
+    assert not [name for name in otel.metrics() if name.startswith("transport.tcp.")]

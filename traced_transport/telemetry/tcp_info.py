@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 ENV = "TRACED_TRANSPORT_TCP_INFO"
 
-_TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None) if os.name == "posix" else None
+# Linux's struct only: FreeBSD has a TCP_INFO option too, with another layout.
+_TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
 _IPPROTO_TCP = socket.IPPROTO_TCP
 _SOCK_STREAM = socket.SOCK_STREAM
 _AF_INET = socket.AF_INET
@@ -257,6 +259,11 @@ def retransmitted_share(info: TcpInfo) -> Optional[float]:
     return None
 
 
+def supported() -> bool:
+    """Whether this platform has Linux's TCP_INFO."""
+    return _TCP_INFO is not None
+
+
 def enabled_by_env(environ: Any = os.environ) -> bool:
     return environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -268,6 +275,7 @@ __all__ = [
     "parse",
     "read_tcp_info",
     "retransmitted_share",
+    "supported",
     "tcp_info_row",
     "tcp_span_attributes",
 ]

@@ -28,6 +28,7 @@ from ..version import __version__ as _VERSION
 from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
 from .histogram import HistogramAggregate
 from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
+from .tcp_info import supported as tcp_info_supported
 from .tcp_metrics import TcpMetrics
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
@@ -86,8 +87,9 @@ class Telemetry:
         self.access_log = access_log
         self.spans = spans
         self.parent_context = parent_context
-        # Linux TCP_INFO at each TCP connection's end (telemetry/tcp_info.py); None: the environment decides.
-        self.tcp_info = enabled_by_env() if tcp_info is None else bool(tcp_info)
+        # Linux TCP_INFO at each TCP connection's end (telemetry/tcp_info.py); None: the environment
+        # decides. Elsewhere nothing: not even the instruments.
+        self.tcp_info = (enabled_by_env() if tcp_info is None else bool(tcp_info)) and tcp_info_supported()
         self.tcp_info_live_counters = tcp_info_live_counters
         self._tcp: Optional[TcpMetrics] = None
         self._tcp_infos: dict[ConnectionRecord, TcpInfo] = {}
