@@ -32,8 +32,8 @@ import time
 
 MODES = ("plain", "core", "metrics", "default", "all", "sampled")
 # Modes with the OpenTelemetry SDK installed, and those with a tracer provider.
-SDK_MODES = ("metrics", "default", "all", "sampled", "unsampled")
-TRACER_MODES = ("default", "all", "sampled", "unsampled")
+SDK_MODES = ("metrics", "default", "all", "sampled", "unsampled", "tcpinfo")
+TRACER_MODES = ("default", "all", "sampled", "unsampled", "tcpinfo")
 # Capacity targets by CPU time (issue 12).
 CAPACITY_TARGETS = {"core": 0.95, "default": 0.90}
 PAYLOAD = b"x" * 64
@@ -72,6 +72,8 @@ def setup_mode(mode: str) -> None:
     """Install what ``mode`` needs before the server's factory is made (churn_callgrind.py's too)."""
     if mode in ("all", "sampled", "unsampled"):
         os.environ["TRACED_TRANSPORT_SPAN_POLICY"] = "all"
+    if mode == "tcpinfo":  # the default policy, plus TCP_INFO read at each connection's end
+        os.environ["TRACED_TRANSPORT_TCP_INFO"] = "1"
     if mode in SDK_MODES:
         _setup_otel(mode if mode in TRACER_MODES else None)
 

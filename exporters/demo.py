@@ -256,6 +256,9 @@ async def run(args: argparse.Namespace) -> int:
     from .connections_page import is_loopback, url_of
 
     started = time.monotonic()
+    # The demo fills every dashboard row, the TCP one too: TCP_INFO is off by default (docs/tcp-info.md).
+    # Set before sdk.setup(), which attaches the default Telemetry's histograms to its readers.
+    tt.set_default_telemetry(tt.Telemetry(tcp_info=True))
     setup = sdk.setup(
         service_name="traced-transport-demo",
         metrics_host=args.host,

@@ -402,6 +402,84 @@ ROWS = [
         ],
     ),
     Row(
+        "TCP",
+        [
+            P(
+                "TCP round-trip time percentiles",
+                "p50/p90/p99 of each TCP connection's smoothed RTT as the kernel had it when the connection ended "
+                "(transport.tcp.rtt from TCP_INFO; Envoy's cx_rtt_us). Needs Telemetry(tcp_info=True) or "
+                "TRACED_TRANSPORT_TCP_INFO=1 on Linux.",
+                SECONDS,
+                quantiles(
+                    "transport_tcp_rtt_seconds",
+                    f"{R}_le:transport_tcp_rtt_seconds_bucket:rate5m",
+                    "le, transport_name",
+                ),
+                width=12,
+                min=None,
+            ),
+            P(
+                "Retransmitted share of segments",
+                "Retransmitted TCP segments over segments sent, by connections that ended in the interval (Envoy's "
+                "cx_tx_percent_retransmitted_segments), and the p99 of the per-connection share: a lossy path "
+                "shows here while a slow reader shows as writing pauses with no retransmissions.",
+                PERCENT,
+                [
+                    Q(
+                        expr=f"sum by (transport_name) (rate(transport_tcp_segments_retransmitted_total{{{S}}}[{RI}]))"
+                        f" / (sum by (transport_name) (rate(transport_tcp_segments_sent_total{{{S}}}[{RI}])) > 0)",
+                        recorded=f"sum by (transport_name) ({R}:transport_tcp_segments_retransmitted:rate5m{{{S}}})"
+                        f" / (sum by (transport_name) ({R}:transport_tcp_segments_sent:rate5m{{{S}}}) > 0)",
+                        legend="all segments {{transport_name}}",
+                    ),
+                    *quantiles(
+                        "transport_tcp_retransmitted_ratio",
+                        f"{R}_le:transport_tcp_retransmitted_ratio_bucket:rate5m",
+                        "le, transport_name",
+                        label="per connection",
+                        qs=(0.99,),
+                    ),
+                ],
+                width=12,
+            ),
+            P(
+                "TCP segments",
+                "TCP segments sent and retransmitted per second by connections that ended (transport.tcp.segments.*; "
+                "Envoy's cx_tx_segments and cx_tx_retransmitted_segments).",
+                "suffix: segments/s",
+                [
+                    per_name(
+                        "rate",
+                        "transport_tcp_segments_sent_total",
+                        f"{R}:transport_tcp_segments_sent:rate5m",
+                        legend="sent {{transport_name}}",
+                    ),
+                    per_name(
+                        "rate",
+                        "transport_tcp_segments_retransmitted_total",
+                        f"{R}:transport_tcp_segments_retransmitted:rate5m",
+                        legend="retransmitted {{transport_name}}",
+                    ),
+                ],
+            ),
+            P(
+                "Unsent bytes in the kernel",
+                "Bytes in the kernels' send queues not yet sent, summed over open TCP connections, read at scrape "
+                "(transport.tcp.unsent; Envoy's cx_tx_unsent_bytes). Beside the transports' own buffered bytes: "
+                "what the app has handed over but the network has not taken.",
+                BYTES,
+                [gauge("transport_tcp_unsent_bytes")],
+            ),
+            P(
+                "Unacknowledged segments",
+                "Segments sent and not yet acknowledged by the peers, summed over open TCP connections, read at "
+                "scrape (transport.tcp.unacked; Envoy's cx_tx_unacked_segments).",
+                "suffix: segments",
+                [gauge("transport_tcp_unacked")],
+            ),
+        ],
+    ),
+    Row(
         "Per instance",
         [
             P(

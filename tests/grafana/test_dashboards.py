@@ -44,7 +44,7 @@ def test_every_panel_has_a_description_a_unit_and_readable_legends():
         titles = [p["title"] for p in live.panels(d)]
         assert len(titles) == len(set(titles)) >= 20, name
         rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-        assert rows == ["Connections", "Bytes", "Flow control", "TLS", "Per instance"]
+        assert rows == ["Connections", "Bytes", "Flow control", "TLS", "TCP", "Per instance"]
         for panel in live.panels(d):
             where = f"{name}: {panel['title']}"
             assert len(panel.get("description", "")) > 30, where

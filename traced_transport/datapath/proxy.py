@@ -216,11 +216,16 @@ def close(self):
     rec = self._rec
     if not rec.eof:
         rec.local_close = True
+    if rec.group.tcp_info:  # TCP_INFO: a TLS transport lets its socket go before the record closes
+        rec.notify("on_closing", self._transport, False)
     self._transport.close()
 
 
 def abort(self):
-    self._rec.aborted = True
+    rec = self._rec
+    rec.aborted = True
+    if rec.group.tcp_info:  # as in close()
+        rec.notify("on_closing", self._transport, False)
     self._transport.abort()
 
 

@@ -73,6 +73,7 @@ class Group:
         "span_policy",
         "_live",
         "_ended",
+        "tcp_info",
     )
 
     def __init__(
@@ -109,6 +110,8 @@ class Group:
         self.timed_eof = bool(getattr(observer, "wants_event_times", False))
         # This listener's span policy, over the observer's own (None: the observer's).
         self.span_policy = span_policy
+        # The observer reads TCP_INFO as connections end: it gets on_closing() while the socket is open.
+        self.tcp_info = bool(getattr(observer, "tcp_info", False))
 
 
 class _Rare:
@@ -319,6 +322,8 @@ class ConnectionRecord:
         else:
             self.close_reason = CLOSED
         group = self.group
+        if group.tcp_info:  # TCP_INFO (telemetry/tcp_info.py): the last moment the socket is surely open
+            self.notify("on_closing", self.transport, True)
         # Into the ended queue first, then out of the live set: a reader in
         # between sees it in both and counts it once (see Registry.snapshot).
         ended = group._ended

@@ -35,6 +35,9 @@ from ..version import __version__ as _VERSION
 from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
 from .histogram import HistogramAggregate
 from .policy import SpanPolicy, span_policy
+from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
+from .tcp_info import supported as tcp_info_supported
+from .tcp_metrics import TcpMetrics
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
@@ -113,6 +116,8 @@ class Telemetry:
         spans: bool = True,
         parent_context: bool = False,
         span_policy: Any = None,
+        tcp_info: Optional[bool] = None,
+        tcp_info_live_counters: bool = False,
     ) -> None:
         """``span_policy``: which ended connections get a span (a string such as
         ``"errors,slower_than=5"`` or a :class:`SpanPolicy`); None reads
@@ -131,6 +136,15 @@ class Telemetry:
         # and only eager spans take it as an event when it happens.
         self.wants_event_times = bool(spans)
         self.wants_eof_event = bool(spans and parent_context)
+        # Linux TCP_INFO at each TCP connection's end (telemetry/tcp_info.py); None: the environment
+        # decides. Elsewhere nothing: not even the instruments.
+        self.tcp_info = (enabled_by_env() if tcp_info is None else bool(tcp_info)) and tcp_info_supported()
+        self.tcp_info_live_counters = tcp_info_live_counters
+        self._tcp: Optional[TcpMetrics] = None
+        self._tcp_infos: dict[ConnectionRecord, TcpInfo] = {}
+        if self.tcp_info:
+            # A TLS connection's socket is closed before connection_lost: the peer's EOF is when it is read.
+            self.wants_eof_event = True
         self._attrs: dict[tuple, dict] = {}
         self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
@@ -217,6 +231,8 @@ class Telemetry:
             "TLS handshake duration, where the library sees it",
             HANDSHAKE_BUCKETS,
         )
+        if self.tcp_info:
+            self._tcp = TcpMetrics(self, m, self.tcp_info_live_counters)
 
     def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
@@ -396,6 +412,8 @@ class Telemetry:
             rec.state = _SpanState(span, self.parent_context)
 
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
+        if name == "eof" and self._tcp is not None:
+            self._tcp.closing(rec, rec.transport, False)
         if seconds is not None:
             self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
         if not self.spans:
@@ -418,6 +436,18 @@ class Telemetry:
                 state.dropped += 1
             if seconds is not None and seconds > state.longest_pause:
                 state.longest_pause = seconds
+
+    def on_closing(self, rec: ConnectionRecord, transport: Any, final: bool) -> None:
+        """The connection ends (``final``: its record closes now); read TCP_INFO while the socket is open."""
+        tcp = self._tcp
+        if tcp is not None:
+            info = tcp.closing(rec, transport, final)
+            if info is not None:
+                self._tcp_infos[rec] = info
+
+    def tcp_info_of(self, rec: ConnectionRecord) -> Optional[TcpInfo]:
+        """The TCP_INFO read at ``rec``'s end, once (for the span built at close); None without one."""
+        return self._tcp_infos.pop(rec, None) if self._tcp_infos else None
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
         if rec.tls_handshake_s is not None:
@@ -451,22 +481,26 @@ class Telemetry:
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         duration = rec.closed_at - rec.opened_at
         span_context = None
+        tcp_info = None
+        if self._tcp is not None:
+            tcp_info = self.tcp_info_of(rec)
+            self._tcp.ended(rec)
         state = rec.state
         try:
             if state is None and rec.error_type is None and self.spans and not self.parent_context:
                 # Most connections: clean, never paused. The policy's quick answer, without a call.
                 policy = rec.group.span_policy or self.span_policy
                 if (policy.all or duration > policy.slow or policy.ratio) and policy.keep(rec) and self._tracing():
-                    span_context = self._build_span(rec, exc, None)
+                    span_context = self._build_span(rec, exc, None, tcp_info)
             elif isinstance(state, _SpanState):
                 rec.state = None
-                span_context = self._end_eager(rec, exc, state)
+                span_context = self._end_eager(rec, exc, state, tcp_info)
             elif self.spans and not self.parent_context:
                 deferred = state if isinstance(state, _Deferred) else None
                 policy = rec.group.span_policy or self.span_policy
                 if policy.keep(rec, deferred.longest_pause if deferred is not None else 0.0) and self._tracing():
                     rec.state = None
-                    span_context = self._build_span(rec, exc, deferred)
+                    span_context = self._build_span(rec, exc, deferred, tcp_info)
         except Exception as exc2:  # noqa: BLE001 - the SDK's failure must not cost the metrics below
             report("observer.on_close.span", exc2)
         # After the span: its SpanContext is known here (for an exemplar).
@@ -489,7 +523,7 @@ class Telemetry:
             if len(pending) > self.max_pending:
                 self.flush()
 
-    def _end_attributes(self, rec: ConnectionRecord, dropped: int) -> dict:
+    def _end_attributes(self, rec: ConnectionRecord, dropped: int, tcp_info: Optional[TcpInfo]) -> dict[str, Any]:
         end_attrs: dict[str, Any] = {
             "transport.received": rec.rx,
             "transport.sent": rec.tx,
@@ -501,6 +535,8 @@ class Telemetry:
             end_attrs["error.type"] = rec.error_type
         if dropped:
             end_attrs["transport.events.dropped"] = dropped
+        if tcp_info is not None:
+            end_attrs.update(tcp_span_attributes(tcp_info))
         return end_attrs
 
     def _finish(self, span: Any, rec: ConnectionRecord, exc: Optional[BaseException]) -> Any:
@@ -512,12 +548,20 @@ class Telemetry:
         span.end(end_time=_ns(rec.closed_at))
         return span.get_span_context()
 
-    def _end_eager(self, rec: ConnectionRecord, exc: Optional[BaseException], state: _SpanState) -> Any:
+    def _end_eager(
+        self, rec: ConnectionRecord, exc: Optional[BaseException], state: _SpanState, tcp_info: Optional[TcpInfo]
+    ) -> Any:
         span = state.span
-        span.set_attributes(self._end_attributes(rec, state.dropped))
+        span.set_attributes(self._end_attributes(rec, state.dropped, tcp_info))
         return self._finish(span, rec, exc)
 
-    def _build_span(self, rec: ConnectionRecord, exc: Optional[BaseException], deferred: Optional[_Deferred]) -> Any:
+    def _build_span(
+        self,
+        rec: ConnectionRecord,
+        exc: Optional[BaseException],
+        deferred: Optional[_Deferred],
+        tcp_info: Optional[TcpInfo] = None,
+    ) -> Any:
         """The span an eager one would have been, made now with the connection's own times."""
         key = rec.key
         events: list = [] if deferred is None else deferred.events
@@ -546,7 +590,7 @@ class Telemetry:
         attributes = span_attributes(key, extra, certificate_subjects=self.certificate_subjects)
         if deferred is not None and deferred.tls_extra is not None:
             attributes.update(tls_attributes(deferred.tls_extra, certificate_subjects=self.certificate_subjects))
-        attributes.update(self._end_attributes(rec, dropped))
+        attributes.update(self._end_attributes(rec, dropped, tcp_info))
         span.set_attributes(attributes)
         for name, at, seconds in events:
             span.add_event(
