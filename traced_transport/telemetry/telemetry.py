@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -40,7 +41,7 @@ access_logger = logging.getLogger("traced_transport.access")
 
 
 class _SpanState:
-    __slots__ = ("span", "events", "dropped", "context")
+    __slots__ = ("span", "events", "dropped", "context", "exemplar_ids")
 
     def __init__(self, span: Any, parent_context: bool) -> None:
         self.span = span
@@ -48,6 +49,30 @@ class _SpanState:
         self.dropped = 0
         # Read by the span-context wrappers (traced_transport.datapath.context).
         self.context = trace.set_span_in_context(span) if parent_context else None
+        self.exemplar_ids = exemplar_ids(span)
+
+
+def exemplar_ids(span: Any) -> Optional[tuple[int, int]]:
+    """``(trace_id, span_id)`` of a sampled span, the ids its connection's histogram values point at; else None.
+
+    A span that records but is not sampled is never exported: an exemplar
+    pointing at it would lead nowhere.
+    """
+    ctx = span.get_span_context()
+    return (ctx.trace_id, ctx.span_id) if ctx.trace_flags.sampled else None
+
+
+class _InContext:
+    """An API histogram that records in a span's context, so the app's SDK can take the value as an exemplar."""
+
+    __slots__ = ("instrument", "context")
+
+    def __init__(self, instrument: Any, context: Any) -> None:
+        self.instrument = instrument
+        self.context = context
+
+    def record(self, value: float, attributes: dict) -> None:
+        self.instrument.record(value, attributes, context=self.context)
 
 
 def _ns(monotonic_s: float) -> int:
@@ -240,6 +265,35 @@ class Telemetry:
             if len(pending) > self.max_pending:
                 self.flush()
 
+    def _record_exemplar(
+        self,
+        ids: Optional[tuple[int, int]],
+        span: Any,
+        time_ns: int,
+        histogram: tuple,
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None:
+        """``_record`` for a connection with a span: the value becomes its bucket's exemplar when the span is sampled.
+
+        Only connections with a span come here, so the others pay nothing for exemplars.
+        """
+        if ids is None:
+            self._record(histogram, value, key, error_type, cipher, tls_version)
+            return
+        cache_key = (key, error_type, cipher, tls_version)
+        attributes = self._attributes_for(cache_key)
+        instrument, aggregate = histogram
+        aggregate.record_with_exemplar(value, cache_key, attributes, ids[0], ids[1], time_ns)
+        if not self._histogram_readers:
+            pending = self._pending
+            pending.append((_InContext(instrument, trace.set_span_in_context(span)), value, attributes))
+            if len(pending) > self.max_pending:
+                self.flush()
+
     def flush(self) -> None:
         """Hand pending histogram values to the SDK (thread-safe; collections call it)."""
         pending = self._pending
@@ -314,26 +368,45 @@ class Telemetry:
             rec.extra = snapshot_extra(transport)
 
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
-        if seconds is not None:
-            self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
         state = rec.state
         if isinstance(state, _SpanState):
+            if seconds is not None:
+                # Exemplars: a pause of a connection with a live span.
+                pause = self._read_pause if name.startswith("reading") else self._write_pause
+                self._record_exemplar(state.exemplar_ids, state.span, time.time_ns(), pause, seconds, rec.key)
             if state.events < self.max_span_events:
                 state.events += 1
                 attrs = {"transport.pause.duration": seconds} if seconds is not None else None
                 state.span.add_event(f"transport.{name}", attrs)
             else:
                 state.dropped += 1
+        elif seconds is not None:
+            self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
-        if rec.tls_handshake_s is not None:
-            self._record_handshake(rec, transport)
         state = rec.state
         if isinstance(state, _SpanState):
+            if rec.tls_handshake_s is not None:
+                # Exemplars: the handshake of a connection with a live span.
+                cipher, version = self._handshake_attributes(rec, transport)
+                self._record_exemplar(
+                    state.exemplar_ids,
+                    state.span,
+                    time.time_ns(),
+                    self._handshake,
+                    rec.tls_handshake_s,
+                    rec.key,
+                    None,
+                    cipher,
+                    version,
+                )
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
             state.span.set_attributes(tls_attributes(extra, certificate_subjects=self.certificate_subjects))
+        elif rec.tls_handshake_s is not None:
+            cipher, version = self._handshake_attributes(rec, transport)
+            self._record(self._handshake, rec.tls_handshake_s, rec.key, None, cipher, version)
 
-    def _record_handshake(self, rec: ConnectionRecord, transport: Any) -> None:
+    def _handshake_attributes(self, rec: ConnectionRecord, transport: Any) -> tuple[Optional[str], Optional[str]]:
         # The negotiated cipher (and, after start_tls, the version the connection
         # opened without) goes on the handshake histogram only: its count is "TLS
         # connections by version and cipher", without multiplying every other series.
@@ -347,16 +420,19 @@ class Telemetry:
                 version = tls_version_of(transport)
         except Exception as exc:  # noqa: BLE001
             report("handshake attributes", exc)
-        self._record(self._handshake, rec.tls_handshake_s, key, None, cipher, version)
+        return cipher, version
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         key = rec.key
         duration = rec.closed_at - rec.opened_at
-        self._record(self._duration, duration, key, rec.error_type)
-        if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
         state = rec.state
         if isinstance(state, _SpanState):
+            # Exemplars: the connection's duration (and a failed handshake) point at its span. With spans
+            # decided at close, this goes where the kept span is built, with that span's exemplar_ids(span).
+            ids, end_ns = state.exemplar_ids, _ns(rec.closed_at)
+            self._record_exemplar(ids, state.span, end_ns, self._duration, duration, key, rec.error_type)
+            if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
+                self._record_exemplar(ids, state.span, end_ns, self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
             rec.state = None
             span = state.span
             end_attrs: dict[str, Any] = {
@@ -376,7 +452,11 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             elif rec.close_reason == TLS_FAILED:
                 span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
-            span.end(end_time=_ns(rec.closed_at))
+            span.end(end_time=end_ns)
+        else:
+            self._record(self._duration, duration, key, rec.error_type)
+            if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
+                self._record(self._handshake, rec.tls_handshake_s, key, TLS_FAILED)
         if self.access_log:
             self._log_access(rec, duration)
 
