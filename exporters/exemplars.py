@@ -53,7 +53,11 @@ def _label_value(value: Any) -> str:
 
 
 def _series(labels: Mapping[str, str]) -> tuple:
-    return tuple(sorted((k, v) for k, v in labels.items() if k != "le" and not k.startswith(SCOPE_LABEL_PREFIX)))
+    # The exporter gives every series of a family the same label names, "" where a point lacks the
+    # attribute; Prometheus reads an empty label as an absent one, and so does this match.
+    return tuple(
+        sorted((k, v) for k, v in labels.items() if v != "" and k != "le" and not k.startswith(SCOPE_LABEL_PREFIX))
+    )
 
 
 def index(metrics_data: Any) -> dict[tuple, dict[int, Any]]:

@@ -47,6 +47,8 @@ collector): at each scrape it reads every worker file and sums per metric and la
   count 0 (they stay, at 0, as they do in one process once its connections closed). A
   worker is dead when its file is final (clean exit or :func:`mark_dead`), or its pid is
   gone, a zombie, or now belongs to a process that started at another time (``/proc``);
+- histogram exemplars (trace and span ids of connections with a sampled span) are kept
+  per bucket, the latest over all workers, and served in the OpenMetrics format;
 - names, types, HELP text, units and labels are the ones the OpenTelemetry Prometheus
   exporter gives the same instruments (``transport_received_bytes_total``,
   ``transport_connection_active``, ``transport_connection_duration_seconds_bucket{le=...}``,
@@ -75,6 +77,7 @@ import signal
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain
 from typing import Any, Optional
@@ -205,6 +208,7 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                                 "counts": [int(c) for c in p.bucket_counts],
                                 "sum": p.sum,
                                 "count": int(p.count),
+                                **_exemplars_of(p),
                             },
                         ]
                         for p in data.data_points
@@ -236,6 +240,30 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                         }
                     )
     return out, resource
+
+
+def _exemplars_of(point: Any) -> dict:
+    """``{"exemplars": {bucket index: [trace id, span id, value, time ns]}}`` (the latest per bucket), or ``{}``."""
+    out: dict = {}
+    bounds = point.explicit_bounds
+    for e in getattr(point, "exemplars", None) or ():
+        if e.trace_id is None or e.span_id is None:
+            continue
+        i = str(bisect_left(bounds, e.value))
+        have = out.get(i)
+        if have is None or have[3] <= e.time_unix_nano:
+            out[i] = [f"{e.trace_id:032x}", f"{e.span_id:016x}", e.value, e.time_unix_nano]
+    return {"exemplars": out} if out else {}
+
+
+def _merge_exemplars(into: dict, exemplars: Optional[Mapping]) -> None:
+    """Keep the latest exemplar of each bucket across workers."""
+    if not exemplars:
+        return
+    have = into.setdefault("exemplars", {})
+    for i, e in exemplars.items():
+        if i not in have or have[i][3] <= e[3]:
+            have[i] = list(e)
 
 
 def _write_json(path: str, doc: dict) -> None:
@@ -592,6 +620,7 @@ def _merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
                         "count": value["count"],
                     },
                 ]
+                _merge_exemplars(series[akey][1], value.get("exemplars"))
                 continue
             h = have[1]
             if h["bounds"] != value["bounds"] or len(h["counts"]) != len(value["counts"]):
@@ -605,6 +634,7 @@ def _merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
             h["counts"] = [a + b for a, b in zip(h["counts"], value["counts"])]
             h["sum"] += value["sum"]
             h["count"] += value["count"]
+            _merge_exemplars(h, value.get("exemplars"))
 
 
 def _unmerge(merged: dict) -> list[dict]:
@@ -877,6 +907,8 @@ class AggregatingCollector:
             InfoMetricFamily,
         )
 
+        from .exemplars import openmetrics_exemplar
+
         mp = self._mapping
         out: list = []
         if self.target_info and aggregate.merged:
@@ -924,9 +956,15 @@ class AggregatingCollector:
                 values = [labels.get(k, "") for k in keys]
                 if factory is HistogramMetricFamily:
                     buckets, total = [], 0
-                    for bound, count in zip(chain(value["bounds"], ["+Inf"]), value["counts"]):
+                    exemplars = value.get("exemplars") or {}
+                    for i, (bound, count) in enumerate(zip(chain(value["bounds"], ["+Inf"]), value["counts"])):
                         total += count
-                        buckets.append((f"{bound}", total))
+                        e = exemplars.get(str(i))
+                        if e is None:
+                            buckets.append((f"{bound}", total))
+                        else:  # the OpenMetrics format renders it; the text format leaves it out
+                            ex = openmetrics_exemplar(int(e[0], 16), int(e[1], 16), e[2], e[3])
+                            buckets.append((f"{bound}", total, ex))
                     family.add_metric(values, buckets=buckets, sum_value=value["sum"])
                 else:
                     family.add_metric(values, value)
