@@ -3,7 +3,7 @@
 The demo exports its connection spans over OTLP to the test's receiver. Prometheus scrapes the demo's endpoint
 (asking for OpenMetrics first, so its own parser reads our exemplar lines) and stores the exemplars;
 ``/api/v1/query_exemplars`` must return some for each of the four histograms, every one with a trace id and span id
-of a span the demo exported, in a bucket its value belongs to.
+of a span the demo exported, in a bucket its value belongs to; so must the dashboard's exemplar queries.
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ def test_prometheus_stores_exemplars_that_lead_to_the_demos_spans(prometheus_bin
                 )
                 le = float(series["le"])
                 assert float(e["value"]) <= le, (metric, series, e)
+        # What the dashboard's panels ask for returns exemplars too (every variable on "All").
+        dashboard = live.load_dashboards()["traced-transport-overview.json"]
+        everything = {"job": ".*", "instance": ".*", "transport_name": ".*"}
+        targets = [t for p in live.panels(dashboard) for t in p["targets"] if t.get("exemplar")]
+        assert len(targets) == 5
+        for t in targets:
+            assert exemplars(live.substitute(t["expr"], everything)), t["expr"]
     finally:
         if prom is not None:
             prom.stop()
