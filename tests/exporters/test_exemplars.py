@@ -259,6 +259,21 @@ def test_openmetrics_scrape_carries_exemplars_of_sampled_spans_only(run, pipelin
     assert 'transport_connection_duration_seconds_bucket{le="0.01"' in classic
 
 
+def test_api_histograms_record_in_the_span_context_until_a_reader_is_attached(run):
+    """An app's own SDK set-up without attach(): its exemplar filter sees the connection span as the context."""
+    p = Pipeline()
+    try:
+        for reader in (p.reader, p.memory):
+            histograms.detach(reader, p.telemetry)
+        run(traffic, p.telemetry, timeout=60)
+        text = p.scrape(OPENMETRICS)
+        found = bucket_exemplars(text)
+        assert check_exemplars(found, p.exported(), bounds_of(text)) == HISTOGRAMS
+        assert not [f for f in found if f[1]["transport_name"] == "record-only"]
+    finally:
+        p.close()
+
+
 def test_no_exemplars_without_spans(run):
     p = Pipeline(spans=False)
     try:
