@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,11 +26,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.samples import Timestamp
 from traced_transport.exporters import histograms
 from traced_transport.exporters import multiworker as mw
 from traced_transport.exporters.prometheus import exposition, prometheus_reader
 
 import traced_transport as tt
+from traced_transport.datapath.classify import ConnKey
 from traced_transport.telemetry.histogram import HistogramAggregate
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -74,6 +77,26 @@ def test_exemplar_added_later_and_delta_intervals():
     assert delta.count == 1 and delta.exemplars[0] is None and delta.exemplars[1].trace_id == 11
     _, (cumulative,) = agg.points()
     assert [e.trace_id for e in cumulative.exemplars] == [9, 11]
+
+
+def test_telemetry_attaches_an_exemplar_to_a_value_counted_before_the_span_was_kept():
+    """The close-time path of a kept span: a pause counted without a span gets the span's exemplar afterwards."""
+    p = Pipeline(spans=False)
+    try:
+        # The SDK skips a collection with no data of its own (no connection opened here: no counters).
+        p.meter_provider.get_meter("test").create_observable_gauge("up", [lambda options: [Observation(1)]])
+        key = ConnKey("late", "server", None, None, None, None)
+        p.telemetry._record(p.telemetry._read_pause, 0.003, key)
+        text = p.scrape(OPENMETRICS)
+        assert "transport_reading_pause_duration_seconds_count" in text and bucket_exemplars(text) == []
+        p.telemetry._exemplar_for_earlier((0xAB, 0xCD), 1_700_000_000_123_456_789, p.telemetry._read_pause, 0.003, key)
+        ((name, labels, exemplar),) = bucket_exemplars(p.scrape(OPENMETRICS))
+        assert name == "transport_reading_pause_duration_seconds" and labels["le"] == "0.005"
+        assert exemplar.labels == {"trace_id": f"{0xAB:032x}", "span_id": f"{0xCD:016x}"}
+        assert exemplar.value == 0.003 and exemplar.timestamp == Timestamp(1_700_000_000, 123_456_789)
+        assert " 0.003 1700000000.123456789\n" in p.scrape(OPENMETRICS)  # the exact time, to the nanosecond
+    finally:
+        p.close()
 
 
 # -- traffic with spans, some sampled and some recorded only ----------------------------------------------

@@ -294,6 +294,24 @@ class Telemetry:
             if len(pending) > self.max_pending:
                 self.flush()
 
+    def _exemplar_for_earlier(
+        self,
+        ids: tuple[int, int],
+        time_ns: int,
+        histogram: tuple,
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None:
+        """A span kept when its connection ends: a value ``_record`` counted earlier (a pause, the handshake),
+        under the same attributes, becomes its bucket's exemplar unless a newer one is there.
+
+        Costs nothing for connections whose span is not kept: only the close path of a kept span calls it.
+        """
+        histogram[1].add_exemplar(value, (key, error_type, cipher, tls_version), ids[0], ids[1], time_ns)
+
     def flush(self) -> None:
         """Hand pending histogram values to the SDK (thread-safe; collections call it)."""
         pending = self._pending
