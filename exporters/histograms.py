@@ -23,6 +23,11 @@ A collection in which the SDK itself has no data at all is skipped by the SDK
 before it reaches the reader; that cannot happen once a connection has opened
 (its counters always have a value). Cumulative readers get points since the Telemetry was made; delta readers get
 each interval's points, with the interval's own min and max.
+
+Exemplars (the latest observation per bucket whose connection had a sampled
+span) go on the data points' ``exemplars``, as the SDK's own would: the OTLP
+exporter sends them, and ``traced_transport.exporters.prometheus`` renders them
+in the OpenMetrics format.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class _Merger:
                 bounds = agg.bounds
                 data_points = [
                     HistogramDataPoint(
+                        exemplars=_exemplars(p.exemplars),
                         attributes=p.attributes,
                         start_time_unix_nano=start,
                         time_unix_nano=now,
@@ -162,6 +168,15 @@ class _Merger:
             scope_metrics.append(ScopeMetrics(scope=scope, metrics=ours, schema_url=""))
         first = ResourceMetrics(resource=first.resource, scope_metrics=scope_metrics, schema_url=first.schema_url)
         return MetricsData(resource_metrics=[first, *rest])
+
+
+def _exemplars(exemplars: Optional[tuple]) -> list:
+    """The SDK's Exemplars of a point's per-bucket slots (bucket order, as the SDK lists its own)."""
+    if exemplars is None:
+        return []
+    from opentelemetry.sdk.metrics import Exemplar
+
+    return [Exemplar({}, e.value, e.time_ns, e.span_id, e.trace_id) for e in exemplars if e is not None]
 
 
 def attach(reader: Any, telemetry: Optional[Any] = None) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ._http import Handler, Response, Server
+from ._http import Handler, Response, Server, rate_limited
 from .exposition import BasicAuth, Request, exposition, gzip_accepted, scrape
 from .options import EndpointOptions
 
@@ -51,6 +51,9 @@ class ReaderCollector:
       built with ``scope_info_enabled=False`` where the installed exporter has
       that option; for versions without it they are stripped here (unless
       that would make two series of a family identical).
+    - **Exemplars** of histogram data points go on their bucket samples
+      (:mod:`traced_transport.exporters.exemplars`), which the exporter's own
+      collector drops; only the OpenMetrics format renders them.
     """
 
     def __init__(self, reader: Any, *, scope_labels: bool = False, lock_timeout: float = 30.0) -> None:
@@ -59,6 +62,21 @@ class ReaderCollector:
         self.scope_labels = scope_labels
         self.lock_timeout = lock_timeout
         self._lock = threading.Lock()
+        self._collected: Any = None
+        self._capture_collections()
+
+    def _capture_collections(self) -> None:
+        # The reader hands each collection's MetricsData to its collector's
+        # add_metrics_data: keep a reference to read the exemplars from.
+        add = getattr(self.inner, "add_metrics_data", None)
+        if add is None:  # pragma: no cover - an exporter without it: no exemplars
+            return
+
+        def add_metrics_data(metrics_data: Any) -> None:
+            self._collected = metrics_data
+            add(metrics_data)
+
+        self.inner.add_metrics_data = add_metrics_data
 
     def collect(self) -> Iterable[Any]:
         if not self._lock.acquire(timeout=self.lock_timeout):
@@ -67,11 +85,25 @@ class ReaderCollector:
             queued = getattr(self.inner, "_metrics_datas", None)
             if queued is not None:
                 queued.clear()
+            self._collected = None
             families = list(self.inner.collect())
+            collected, self._collected = self._collected, None
         finally:
             self._lock.release()
         if not self.scope_labels:
             families = [_strip_scope(f) for f in families]
+        return _with_exemplars(families, collected)
+
+
+def _with_exemplars(families: list, metrics_data: Any) -> list:
+    if metrics_data is None:
+        return families
+    try:
+        from . import exemplars
+
+        return exemplars.attach(families, exemplars.index(metrics_data))
+    except Exception as exc:  # noqa: BLE001 - a scrape without exemplars rather than none
+        rate_limited("exemplars", "scrape endpoint: exemplars left out: %r", exc, exc_info=exc)
         return families
 
 

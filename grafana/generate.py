@@ -62,6 +62,9 @@ class Q:
     legend: str
     recorded: Optional[str] = None  # the same series read from the recording rules
     instant: bool = False
+    # Ask for the histogram's exemplars (dots linking to the connection's trace). Once per metric and panel: every
+    # target asking for them draws them again. Raw queries only: recording rules carry no exemplars.
+    exemplar: bool = False
 
 
 @dataclass
@@ -85,6 +88,17 @@ class Row:
     repeat: Optional[str] = None
 
 
+# The histograms whose buckets keep the trace of a connection with a sampled span.
+EXEMPLAR_HISTOGRAMS = frozenset(
+    {
+        "transport_connection_duration_seconds",
+        "transport_reading_pause_duration_seconds",
+        "transport_writing_pause_duration_seconds",
+        "transport_tls_handshake_duration_seconds",
+    }
+)
+
+
 def quantiles(
     metric: str, record: str, by: str, extra: str = "", label: str = "", qs: tuple = (0.5, 0.9, 0.99)
 ) -> list[Q]:
@@ -99,6 +113,8 @@ def quantiles(
                 recorded=f"histogram_quantile({q}, sum by ({by}) ({record}{{{S}}}))",
                 legend=f"{name}{' ' + label if label else ''}"
                 + (" {{transport_name}}" if "transport_name" in by else ""),
+                # Only the histograms whose buckets keep exemplars (connection spans) ask for them.
+                exemplar=q == qs[0] and metric in EXEMPLAR_HISTOGRAMS,
             )
         )
     return out
@@ -210,6 +226,7 @@ ROWS = [
                         expr=f"sum by (le) (rate(transport_connection_duration_seconds_bucket{{{S}}}[{RI}]))",
                         recorded=f"sum by (le) ({R}_le:transport_connection_duration_seconds_bucket:rate5m{{{S}}})",
                         legend="{{le}}",
+                        exemplar=True,
                     )
                 ],
                 kind="heatmap",
@@ -551,6 +568,8 @@ def _target(q: Q, ref: str, recorded: bool, heatmap: bool) -> prom_b.Dataquery:
     )
     if heatmap:
         t = t.format(prom_m.PromQueryFormat.HEATMAP)
+    if q.exemplar and not (recorded and q.recorded):
+        t = t.exemplar(True)
     return t.instant() if q.instant else t.range()
 
 

@@ -112,7 +112,10 @@ class Demo:
 
 
 class Prometheus:
-    """Prometheus scraping ``targets`` every second as ``job``, with ``rules`` (None: none) evaluated every second."""
+    """Prometheus scraping ``targets`` every second as ``job``, with ``rules`` (None: none) evaluated every second.
+
+    ``flags`` go on its command line as they are (e.g. ``--enable-feature=exemplar-storage``).
+    """
 
     def __init__(
         self,
@@ -121,6 +124,7 @@ class Prometheus:
         binary: Optional[str] = None,
         rules: Optional[Path] = RULES,
         job: str = JOB,
+        flags: tuple[str, ...] = (),
     ) -> None:
         binary = binary or shutil.which("prometheus")
         if binary is None:
@@ -148,6 +152,7 @@ class Prometheus:
                 f"--storage.tsdb.path={workdir / 'prom-data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                *flags,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -47,6 +47,8 @@ collector): at each scrape it reads every worker file and sums per metric and la
   count 0 (they stay, at 0, as they do in one process once its connections closed). A
   worker is dead when its file is final (clean exit or :func:`mark_dead`), or its pid is
   gone, a zombie, or now belongs to a process that started at another time (``/proc``);
+- histogram exemplars (trace and span ids of connections with a sampled span) are kept
+  per bucket, the latest over all workers, and served in the OpenMetrics format;
 - names, types, HELP text, units and labels are the ones the OpenTelemetry Prometheus
   exporter gives the same instruments (``transport_received_bytes_total``,
   ``transport_connection_active``, ``transport_connection_duration_seconds_bucket{le=...}``,

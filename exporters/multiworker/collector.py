@@ -183,6 +183,8 @@ class AggregatingCollector:
             InfoMetricFamily,
         )
 
+        from ..exemplars import openmetrics_exemplar
+
         mp = self._mapping
         out: list = []
         if self.target_info and aggregate.merged:
@@ -230,9 +232,15 @@ class AggregatingCollector:
                 values = [labels.get(k, "") for k in keys]
                 if factory is HistogramMetricFamily:
                     buckets, total = [], 0
-                    for bound, count in zip(chain(value["bounds"], ["+Inf"]), value["counts"]):
+                    exemplars = value.get("exemplars") or {}
+                    for i, (bound, count) in enumerate(zip(chain(value["bounds"], ["+Inf"]), value["counts"])):
                         total += count
-                        buckets.append((f"{bound}", total))
+                        e = exemplars.get(str(i))
+                        if e is None:
+                            buckets.append((f"{bound}", total))
+                        else:  # the OpenMetrics format renders it; the text format leaves it out
+                            ex = openmetrics_exemplar(int(e[0], 16), int(e[1], 16), e[2], e[3])
+                            buckets.append((f"{bound}", total, ex))
                     family.add_metric(values, buckets=buckets, sum_value=value["sum"])
                 else:
                     family.add_metric(values, value)

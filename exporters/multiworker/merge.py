@@ -50,6 +50,7 @@ def merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
                         "count": value["count"],
                     },
                 ]
+                merge_exemplars(series[akey][1], value.get("exemplars"))
                 continue
             h = have[1]
             if h["bounds"] != value["bounds"] or len(h["counts"]) != len(value["counts"]):
@@ -63,6 +64,17 @@ def merge(into: dict, metrics: Iterable[Mapping], *, live: bool) -> None:
             h["counts"] = [a + b for a, b in zip(h["counts"], value["counts"])]
             h["sum"] += value["sum"]
             h["count"] += value["count"]
+            merge_exemplars(h, value.get("exemplars"))
+
+
+def merge_exemplars(into: dict[str, Any], exemplars: Optional[Mapping[str, Any]]) -> None:
+    """Keep the latest exemplar of each bucket across workers."""
+    if not exemplars:
+        return
+    have = into.setdefault("exemplars", {})
+    for i, e in exemplars.items():
+        if i not in have or have[i][3] <= e[3]:
+            have[i] = list(e)
 
 
 def unmerge(merged: dict) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from ._files import COUNTER, GAUGE, HISTOGRAM, UPDOWN, warn_once
@@ -54,6 +55,7 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                                 "counts": [int(c) for c in p.bucket_counts],
                                 "sum": p.sum,
                                 "count": int(p.count),
+                                **_exemplars_of(p),
                             },
                         ]
                         for p in data.data_points
@@ -85,3 +87,17 @@ def serialize(metrics_data: Any) -> tuple[list[dict], dict]:
                         }
                     )
     return out, resource
+
+
+def _exemplars_of(point: Any) -> dict[str, Any]:
+    """``{"exemplars": {bucket index: [trace id, span id, value, time ns]}}`` (the latest per bucket), or ``{}``."""
+    out: dict[str, Any] = {}
+    bounds = point.explicit_bounds
+    for e in getattr(point, "exemplars", None) or ():
+        if e.trace_id is None or e.span_id is None:
+            continue
+        i = str(bisect_left(bounds, e.value))
+        have = out.get(i)
+        if have is None or have[3] <= e.time_unix_nano:
+            out[i] = [f"{e.trace_id:032x}", f"{e.span_id:016x}", e.value, e.time_unix_nano]
+    return {"exemplars": out} if out else {}

@@ -8,6 +8,13 @@ aggregation the SDK would make with the same bucket boundaries: cumulative
 counts per bucket (upper bound inclusive, as OpenTelemetry defines them), sum,
 count, min and max, per attribute set.
 
+Exemplars: ``record_with_exemplar`` (a value whose connection has a sampled
+span) counts the value and keeps, per bucket, the latest such observation
+(value, time, trace id, span id), as prometheus_client does; ``add_exemplar``
+attaches one to a value counted earlier (a span decided when the connection
+ends). ``record`` is untouched by them: a connection without a kept span pays
+nothing for exemplars.
+
 Who reads it: ``traced_transport.exporters.histograms.attach(reader)`` merges these points into
 what an SDK metric reader collects. Until a reader is attached, Telemetry also
 hands every value to the API histogram, so an app with its own SDK set-up loses
@@ -23,10 +30,19 @@ from collections.abc import Hashable, Sequence
 from typing import NamedTuple, Optional
 
 
+class Exemplar(NamedTuple):
+    """One observation a bucket points at: the value, when (epoch ns), and its span's ids."""
+
+    value: float
+    time_ns: int
+    trace_id: int
+    span_id: int
+
+
 class HistogramPoint:
     """One attribute set's state. Written on the loop under the aggregate's lock."""
 
-    __slots__ = ("attributes", "counts", "sum", "min", "max")
+    __slots__ = ("attributes", "counts", "sum", "min", "max", "exemplars")
 
     def __init__(self, attributes: dict, buckets: int) -> None:
         self.attributes = attributes
@@ -34,6 +50,8 @@ class HistogramPoint:
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        # Made on the first exemplar: one slot per bucket, the latest Exemplar or None.
+        self.exemplars: Optional[list] = None
 
 
 class PointView(NamedTuple):
@@ -45,6 +63,8 @@ class PointView(NamedTuple):
     sum: float
     min: float
     max: float
+    # Per bucket, the latest Exemplar or None; None when the point never had one.
+    exemplars: Optional[tuple] = None
 
 
 class HistogramAggregate:
@@ -93,6 +113,42 @@ class HistogramAggregate:
         if value > point.max:
             point.max = value
 
+    def record_with_exemplar(
+        self, value: float, key: Hashable, attributes: dict, trace_id: int, span_id: int, time_ns: int
+    ) -> None:
+        """``record``, and the value becomes its bucket's exemplar (the span must be sampled: the caller checks)."""
+        i = bisect_left(self.bounds, value)
+        exemplar = Exemplar(value, time_ns, trace_id, span_id)
+        with self._lock:
+            self._add(self._points, i, value, key, attributes)
+            self._set_exemplar(self._points[key], i, exemplar)
+            for interval in self._intervals:
+                self._add(interval[0], i, value, key, attributes)
+                self._set_exemplar(interval[0][key], i, exemplar)
+
+    def add_exemplar(self, value: float, key: Hashable, trace_id: int, span_id: int, time_ns: int) -> None:
+        """Make ``value``, counted earlier under ``key`` by ``record``, its bucket's exemplar, unless a newer one is there.
+
+        For spans decided when a connection ends: its pauses and handshake were
+        counted before anyone knew the span would be kept. A delta reader whose
+        interval no longer has the point gets nothing (the value was exported).
+        """
+        i = bisect_left(self.bounds, value)
+        exemplar = Exemplar(value, time_ns, trace_id, span_id)
+        with self._lock:
+            for points in (self._points, *(interval[0] for interval in self._intervals)):
+                point = points.get(key)
+                if point is not None:
+                    self._set_exemplar(point, i, exemplar)
+
+    def _set_exemplar(self, point: HistogramPoint, i: int, exemplar: Exemplar) -> None:
+        exemplars = point.exemplars
+        if exemplars is None:
+            exemplars = point.exemplars = [None] * (len(self.bounds) + 1)
+        have = exemplars[i]
+        if have is None or have.time_ns <= exemplar.time_ns:
+            exemplars[i] = exemplar
+
     def open_interval(self) -> list:
         """A delta reader's handle; its first interval starts now."""
         interval = [{}, time.time_ns()]
@@ -115,7 +171,16 @@ class HistogramAggregate:
                 interval[0] = {}
                 interval[1] = time.time_ns()
             views = [
-                PointView(p.attributes, tuple(p.counts), sum(p.counts), p.sum, p.min, p.max) for p in source.values()
+                PointView(
+                    p.attributes,
+                    tuple(p.counts),
+                    sum(p.counts),
+                    p.sum,
+                    p.min,
+                    p.max,
+                    None if p.exemplars is None else tuple(p.exemplars),
+                )
+                for p in source.values()
             ]
         return start, views
 
@@ -123,4 +188,4 @@ class HistogramAggregate:
         return f"<HistogramAggregate {self.name} points={len(self._points)}>"
 
 
-__all__ = ["HistogramAggregate", "HistogramPoint", "PointView"]
+__all__ = ["Exemplar", "HistogramAggregate", "HistogramPoint", "PointView"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -51,7 +52,7 @@ access_logger = logging.getLogger("traced_transport.access")
 
 
 class _SpanState:
-    __slots__ = ("span", "events", "dropped", "context")
+    __slots__ = ("span", "events", "dropped", "context", "exemplar_ids")
 
     def __init__(self, span: Any, parent_context: bool) -> None:
         self.span = span
@@ -59,12 +60,43 @@ class _SpanState:
         self.dropped = 0
         # Read by the span-context wrappers (traced_transport.datapath.context).
         self.context = trace.set_span_in_context(span) if parent_context else None
+        self.exemplar_ids = exemplar_ids(span)
+
+
+def exemplar_ids(span: Any) -> Optional[tuple[int, int]]:
+    """``(trace_id, span_id)`` of a sampled span, the ids its connection's histogram values point at; else None.
+
+    A span that records but is not sampled is never exported: an exemplar
+    pointing at it would lead nowhere.
+    """
+    ctx = span.get_span_context()
+    return (ctx.trace_id, ctx.span_id) if ctx.trace_flags.sampled else None
+
+
+def _sampled_ids(span_context: Any) -> Optional[tuple[int, int]]:
+    """``(trace_id, span_id)`` of a kept span's context if it was sampled, else None."""
+    if span_context is None or not span_context.trace_flags.sampled:
+        return None
+    return span_context.trace_id, span_context.span_id
+
+
+class _InContext:
+    """An API histogram that records in a span's context, so the app's SDK can take the value as an exemplar."""
+
+    __slots__ = ("instrument", "context")
+
+    def __init__(self, instrument: Any, context: Any) -> None:
+        self.instrument = instrument
+        self.context = context
+
+    def record(self, value: float, attributes: dict) -> None:
+        self.instrument.record(value, attributes, context=self.context)
 
 
 class _Deferred:
     """What a span decided at close needs beyond the record: flow-control events, the parent."""
 
-    __slots__ = ("events", "dropped", "longest_pause", "parent", "tls_extra")
+    __slots__ = ("events", "dropped", "longest_pause", "parent", "tls_extra", "handshake")
 
     def __init__(self, parent: Any = None) -> None:
         self.events: list = []  # (name, monotonic time, pause seconds or None)
@@ -72,6 +104,7 @@ class _Deferred:
         self.longest_pause = 0.0
         self.parent = parent
         self.tls_extra: Optional[dict] = None
+        self.handshake: Optional[tuple[Optional[str], Optional[str], int]] = None  # cipher, version, time (ns)
 
 
 def _ns(monotonic_s: float) -> int:
@@ -305,6 +338,53 @@ class Telemetry:
             if len(pending) > self.max_pending:
                 self.flush()
 
+    def _record_exemplar(
+        self,
+        ids: Optional[tuple[int, int]],
+        span: Any,
+        time_ns: int,
+        histogram: tuple,
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None:
+        """``_record`` for a connection with a span: the value becomes its bucket's exemplar when the span is sampled.
+
+        Only connections with a span come here, so the others pay nothing for exemplars.
+        """
+        if ids is None:
+            self._record(histogram, value, key, error_type, cipher, tls_version)
+            return
+        cache_key = (key, error_type, cipher, tls_version)
+        attributes = self._attributes_for(cache_key)
+        instrument, aggregate = histogram
+        aggregate.record_with_exemplar(value, cache_key, attributes, ids[0], ids[1], time_ns)
+        if not self._histogram_readers:
+            pending = self._pending
+            pending.append((_InContext(instrument, trace.set_span_in_context(span)), value, attributes))
+            if len(pending) > self.max_pending:
+                self.flush()
+
+    def _exemplar_for_earlier(
+        self,
+        ids: tuple[int, int],
+        time_ns: int,
+        histogram: tuple,
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None:
+        """A span kept when its connection ends: a value ``_record`` counted earlier (a pause, the handshake),
+        under the same attributes, becomes its bucket's exemplar unless a newer one is there.
+
+        Costs nothing for connections whose span is not kept: only the close path of a kept span calls it.
+        """
+        histogram[1].add_exemplar(value, (key, error_type, cipher, tls_version), ids[0], ids[1], time_ns)
+
     def flush(self) -> None:
         """Hand pending histogram values to the SDK (thread-safe; collections call it)."""
         pending = self._pending
@@ -414,11 +494,16 @@ class Telemetry:
     def on_event(self, rec: ConnectionRecord, name: str, seconds: Optional[float]) -> None:
         if name == "eof" and self._tcp is not None:
             self._tcp.closing(rec, rec.transport, False)
+        state = rec.state
         if seconds is not None:
-            self._record(self._read_pause if name.startswith("reading") else self._write_pause, seconds, rec.key)
+            pause = self._read_pause if name.startswith("reading") else self._write_pause
+            if isinstance(state, _SpanState):
+                # Exemplars: a pause of a connection with a live (eager) span.
+                self._record_exemplar(state.exemplar_ids, state.span, time.time_ns(), pause, seconds, rec.key)
+            else:
+                self._record(pause, seconds, rec.key)
         if not self.spans:
             return
-        state = rec.state
         if isinstance(state, _SpanState):
             if state.events < self.max_span_events:
                 state.events += 1
@@ -450,19 +535,39 @@ class Telemetry:
         return self._tcp_infos.pop(rec, None) if self._tcp_infos else None
 
     def on_tls(self, rec: ConnectionRecord, transport: Any) -> None:
-        if rec.tls_handshake_s is not None:
-            self._record_handshake(rec, transport)
         state = rec.state
         if isinstance(state, _SpanState):
+            if rec.tls_handshake_s is not None:
+                # Exemplars: the handshake of a connection with a live (eager) span.
+                cipher, version = self._handshake_attributes(rec, transport)
+                self._record_exemplar(
+                    state.exemplar_ids,
+                    state.span,
+                    time.time_ns(),
+                    self._handshake,
+                    rec.tls_handshake_s,
+                    rec.key,
+                    None,
+                    cipher,
+                    version,
+                )
             extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
             state.span.set_attributes(tls_attributes(extra, certificate_subjects=self.certificate_subjects))
-        elif self.spans and not self.parent_context and self._may_keep(rec):
+            return
+        handshake = None
+        if rec.tls_handshake_s is not None:
+            cipher, version = self._handshake_attributes(rec, transport)
+            self._record(self._handshake, rec.tls_handshake_s, rec.key, None, cipher, version)
+            handshake = (cipher, version, time.time_ns())
+        if self.spans and not self.parent_context and self._may_keep(rec):
             if state is None:
                 state = rec.state = _Deferred()
             if isinstance(state, _Deferred):
                 state.tls_extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
+                # Becomes an exemplar if the span is kept at close.
+                state.handshake = handshake
 
-    def _record_handshake(self, rec: ConnectionRecord, transport: Any) -> None:
+    def _handshake_attributes(self, rec: ConnectionRecord, transport: Any) -> tuple[Optional[str], Optional[str]]:
         # The negotiated cipher (and, after start_tls, the version the connection
         # opened without) goes on the handshake histogram only: its count is "TLS
         # connections by version and cipher", without multiplying every other series.
@@ -476,7 +581,7 @@ class Telemetry:
                 version = tls_version_of(transport)
         except Exception as exc:  # noqa: BLE001
             report("handshake attributes", exc)
-        self._record(self._handshake, rec.tls_handshake_s, key, None, cipher, version)
+        return cipher, version
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
         duration = rec.closed_at - rec.opened_at
@@ -486,6 +591,7 @@ class Telemetry:
             tcp_info = self.tcp_info_of(rec)
             self._tcp.ended(rec)
         state = rec.state
+        deferred: Optional[_Deferred] = None
         try:
             if state is None and rec.error_type is None and self.spans and not self.parent_context:
                 # Most connections: clean, never paused. The policy's quick answer, without a call.
@@ -505,14 +611,33 @@ class Telemetry:
             report("observer.on_close.span", exc2)
         # After the span: its SpanContext is known here (for an exemplar).
         self._record_duration(rec, duration, span_context)
+        ids = _sampled_ids(span_context)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
-            self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
+            if ids is None:
+                self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
+            else:
+                self._record_exemplar(
+                    ids,
+                    trace.NonRecordingSpan(span_context),
+                    _ns(rec.closed_at),
+                    self._handshake,
+                    rec.tls_handshake_s,
+                    rec.key,
+                    TLS_FAILED,
+                )
+        if ids is not None and deferred is not None:
+            self._exemplars_for_deferred(rec, ids, deferred)
         if self.access_log:
             self._log_access(rec, duration)
 
     def _record_duration(self, rec: ConnectionRecord, duration: float, span_context: Any) -> None:
         """The connection's duration into its histogram; ``span_context`` is the kept span's
         SpanContext (None when no span was kept or sampled), for an exemplar."""
+        ids = _sampled_ids(span_context)
+        if ids is not None:
+            span = trace.NonRecordingSpan(span_context)
+            self._record_exemplar(ids, span, _ns(rec.closed_at), self._duration, duration, rec.key, rec.error_type)
+            return
         cache_key = (rec.key, rec.error_type, None, None)
         attributes = self._attrs.get(cache_key) or self._attributes_for(cache_key)
         instrument, aggregate = self._duration
@@ -522,6 +647,17 @@ class Telemetry:
             pending.append((instrument, duration, attributes))
             if len(pending) > self.max_pending:
                 self.flush()
+
+    def _exemplars_for_deferred(self, rec: ConnectionRecord, ids: tuple[int, int], deferred: _Deferred) -> None:
+        """A span kept at close: the pauses and the handshake counted earlier point at it now."""
+        for name, at, seconds in deferred.events:
+            if seconds is not None:
+                pause = self._read_pause if name.startswith("reading") else self._write_pause
+                self._exemplar_for_earlier(ids, _ns(at), pause, seconds, rec.key)
+        handshake = deferred.handshake
+        if handshake is not None and rec.tls_handshake_s is not None:
+            cipher, version, at_ns = handshake
+            self._exemplar_for_earlier(ids, at_ns, self._handshake, rec.tls_handshake_s, rec.key, None, cipher, version)
 
     def _end_attributes(self, rec: ConnectionRecord, dropped: int, tcp_info: Optional[TcpInfo]) -> dict[str, Any]:
         end_attrs: dict[str, Any] = {
