@@ -7,6 +7,7 @@ traced_transport/loops/uvloop_tls_client.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import tempfile
 
@@ -112,3 +113,31 @@ def test_tls_client_through_tracing_and_unix_sockets(run, registry, server_ctx, 
 
     run(main)
     assert registry.totals("tls-client").closed == 1
+
+
+def test_start_tls_returning_none_returns_none(registry):
+    # A loop whose start_tls gives None (aiohttp's suite has such a double):
+    # the hook hands back None, not a proxy over None.
+    class NoneTLS(asyncio.SelectorEventLoop):
+        async def start_tls(self, transport, protocol, sslcontext, **kwargs):
+            return None
+
+    from traced_transport.loops import patches
+
+    loop = NoneTLS()
+    patches.ensure(NoneTLS)
+    a, b = socket.socketpair()
+
+    async def main():
+        a.setblocking(False)
+        transport, proto = await loop.create_connection(tt.traced(Collect, side="client", registry=registry), sock=a)
+        assert tt.is_proxy(transport)
+        assert await loop.start_tls(transport, proto, ssl.create_default_context()) is None
+        transport.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+        a.close()
+        b.close()

@@ -268,6 +268,10 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
             rec.close(exc if isinstance(exc, Exception) else None, TLS_FAILED)
         raise
     rec.tls_handshake_s = monotonic() - started
+    if app_transport is None:
+        # start_tls may return None (the connection was lost meanwhile, or a
+        # test double): so does this, rather than a proxy over None.
+        return None
     old._detach()
     upgraded = _proxy.make_proxy(app_transport, new, rec)
     new._proxy = upgraded
