@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-core test-conformance test-wheel test-deps-min test-peers test-peers-ci bench setup clean dashboards dashboards-preview
+.PHONY: demo test lint test-core test-conformance test-wheel test-deps-min test-peers test-peers-ci bench setup clean dashboards dashboards-preview
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/system-deps.sh
+	$(MAKE) --no-print-directory lint
 	timeout 1200 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/conformance
 	$(MAKE) --no-print-directory test-wheel test-deps-min
 	$(MAKE) --no-print-directory test-conformance
 	$(MAKE) --no-print-directory test-peers-ci
+
+# ruff (lint and format) over the repository, mypy --strict over the library (pyproject.toml says what).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # What users install: the wheel, not editable, in fresh venvs (.venv-wheel with the demo and framework extras,
 # .venv-core with none), its smoke suite run from a directory outside the repository.
