@@ -22,11 +22,13 @@ from typing import Any
 
 ABANDONED = "abandoned"
 
-_pending: collections.deque = collections.deque()
+# Records (ConnectionRecord; not imported: record imports this module).
+_pending: collections.deque[Any] = collections.deque()
 
 
-class _TransportRef(weakref.ref):
+class _TransportRef(weakref.ref[Any]):
     __slots__ = ("rec",)
+    rec: Any
 
 
 def _gone(ref: _TransportRef) -> None:

@@ -22,14 +22,14 @@ class ConnKey(NamedTuple):
 # Interning keeps one tuple per attribute set, however many connections share it.
 # Looked up with a plain tuple (equal to the ConnKey), so a connection with an
 # already-seen attribute set allocates nothing here.
-_interned: dict[tuple, ConnKey] = {}
+_interned: dict[tuple[Any, ...], ConnKey] = {}
 
 _AF_UNIX = socket.AF_UNIX
 _AF_INET6 = socket.AF_INET6
 _SOCK_DGRAM = socket.SOCK_DGRAM
 
 
-def _intern(raw: tuple) -> ConnKey:
+def _intern(raw: tuple[Any, ...]) -> ConnKey:
     key = _interned.get(raw)
     if key is None:
         key = _interned[raw] = ConnKey(*raw)
@@ -112,7 +112,7 @@ def key_for(group: Any, transport: Any) -> ConnKey:
         sockname = transport.get_extra_info("sockname")
         if type(sockname) is tuple and sockname:
             cache_key = (cls, len(sockname), sockname[1] if group.side == "server" else None)
-            key = group.keys.get(cache_key)
+            key: Optional[ConnKey] = group.keys.get(cache_key)
             if key is None:
                 key = conn_key(group, transport)
                 if key.tls_version is None and key.network_type is not None:

@@ -36,7 +36,7 @@ class _Wrapper:
 
     def __init__(self, app: Any, rec: ConnectionRecord) -> None:
         self._app = app
-        self._rec = rec
+        self._rec = rec  # type: ignore[misc]  # the slots are the concrete classes' (_SLOTS)
         self._proxy = None
 
     @classmethod
@@ -44,7 +44,7 @@ class _Wrapper:
         """``cls(app, ConnectionRecord(group))`` without two type calls (once per connection)."""
         wrapper = _new(cls)
         wrapper._app = app
-        wrapper._rec = _new_record(group)
+        wrapper._rec = _new_record(group)  # type: ignore[misc]  # as in __init__
         wrapper._proxy = None
         return wrapper
 
@@ -108,7 +108,7 @@ def _data_received(self: Any, data: bytes) -> None:
     self._app.data_received(data)
 
 
-def _eof_received(self: Any) -> Optional[bool]:
+def _eof_received(self: Any) -> Any:  # the app's answer (bool | None), passed on as is
     self._rec.eof_received()
     return self._app.eof_received()
 
@@ -200,7 +200,7 @@ class _AlreadyTraced:
 
     __slots__ = ()
 
-    def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:  # type: ignore[misc]
+    def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:
         return app
 
     @staticmethod
@@ -208,7 +208,7 @@ class _AlreadyTraced:
         return app
 
 
-_class_cache: dict[tuple, type] = {}
+_class_cache: dict[tuple[type, type], type] = {}
 
 
 def wrapper_class_for(app: Any, loop: Any = None) -> type:
@@ -239,7 +239,7 @@ def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
 
 
 def wrap(app: Any, rec: ConnectionRecord, loop: Any = None) -> _Wrapper:
-    return wrapper_class(app, rec, loop)(app, rec)
+    return wrapper_class(app, rec, loop)(app, rec)  # type: ignore[no-any-return]  # a class built at run time
 
 
 def app_of(protocol: Any) -> Any:

@@ -66,6 +66,7 @@ class TracedTransport:
     _transport: Any
     _wrapper: Any
     _rec: ConnectionRecord
+    _pipes: dict[int, Any]  # subprocess transports' proxies only: fd -> pipe proxy
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._transport!r}>"
@@ -134,10 +135,10 @@ class _ForwardUnknown(TracedTransport):
 # __class__ can change; isinstance and the name stay) where those names are
 # read from the real transport. The common path never pays for this.
 
-_replaced_classes: dict[tuple, type] = {}
+_replaced_classes: dict[tuple[type, frozenset[str]], type] = {}
 
 
-def _with_replaced(proxy: Any, names: frozenset) -> None:
+def _with_replaced(proxy: Any, names: frozenset[str]) -> None:
     cls = type(proxy)
     base = getattr(cls, "_replaced_base", cls)
     if not names:
@@ -160,13 +161,13 @@ def _with_replaced(proxy: Any, names: frozenset) -> None:
 
 def _note_replaced_method(proxy: Any, name: str) -> None:
     cls = type(proxy)
-    replaced = getattr(cls, "_replaced_names", frozenset())
+    replaced: frozenset[str] = getattr(cls, "_replaced_names", frozenset())
     if name not in replaced and isinstance(getattr(cls, name, None), FunctionType):
         _with_replaced(proxy, replaced | {name})
 
 
 def _note_restored_method(proxy: Any, name: str) -> None:
-    replaced = getattr(type(proxy), "_replaced_names", frozenset())
+    replaced: frozenset[str] = getattr(type(proxy), "_replaced_names", frozenset())
     if name in replaced:
         _with_replaced(proxy, replaced - {name})
 
@@ -174,12 +175,12 @@ def _note_restored_method(proxy: Any, name: str) -> None:
 # -- forwarding methods, installed on a proxy class only where the real class has them --
 
 
-def write(self, data):
+def write(self: TracedTransport, data: Any) -> None:
     self._transport.write(data)
     self._rec.tx += len(data) if type(data) is bytes else _nbytes(data)
 
 
-def writelines(self, list_of_data):
+def writelines(self: TracedTransport, list_of_data: Any) -> None:
     if type(list_of_data) is not list and type(list_of_data) is not tuple:
         list_of_data = list(list_of_data)  # counted below, so consume an iterator once
     n = 0
@@ -194,7 +195,7 @@ def writelines(self, list_of_data):
 _UNSET: Any = object()
 
 
-def sendto(self, data, addr=_UNSET):
+def sendto(self: TracedTransport, data: Any, addr: Any = _UNSET) -> None:
     if addr is _UNSET:
         self._transport.sendto(data)
     else:
@@ -202,17 +203,17 @@ def sendto(self, data, addr=_UNSET):
     self._rec.tx += len(data) if type(data) is bytes else _nbytes(data)
 
 
-def pause_reading(self):
+def pause_reading(self: TracedTransport) -> None:
     self._transport.pause_reading()
     self._rec.reading_paused()
 
 
-def resume_reading(self):
+def resume_reading(self: TracedTransport) -> None:
     self._transport.resume_reading()
     self._rec.reading_resumed()
 
 
-def close(self):
+def close(self: TracedTransport) -> None:
     rec = self._rec
     if not rec.eof:
         rec.local_close = True
@@ -221,7 +222,7 @@ def close(self):
     self._transport.close()
 
 
-def abort(self):
+def abort(self: TracedTransport) -> None:
     rec = self._rec
     rec.aborted = True
     if rec.group.tcp_info:  # as in close()
@@ -229,7 +230,7 @@ def abort(self):
     self._transport.abort()
 
 
-def set_protocol(self, protocol):
+def set_protocol(self: TracedTransport, protocol: Any) -> None:
     wrapper = self._wrapper
     if wrapper is None:
         # Connection over, or a pipe of a subprocess: nothing of ours in between.
@@ -241,20 +242,20 @@ def set_protocol(self, protocol):
     wrapper._replace_app(protocol, self)
 
 
-def get_protocol(self):
+def get_protocol(self: TracedTransport) -> Any:
     protocol = self._transport.get_protocol()
     if getattr(type(protocol), "_traced_wrapper", False):
         return protocol._app
     return protocol
 
 
-def get_extra_info(self, name, default=_UNSET):
+def get_extra_info(self: TracedTransport, name: str, default: Any = _UNSET) -> Any:
     if default is _UNSET:
         return self._transport.get_extra_info(name)
     return self._transport.get_extra_info(name, default)
 
 
-def get_pipe_transport(self, fd):
+def get_pipe_transport(self: TracedTransport, fd: int) -> Any:
     pipe = self._transport.get_pipe_transport(fd)
     if pipe is None or isinstance(pipe, TracedTransport):
         # Already a proxy (the pipe's own factory was traced): hand out the very
@@ -268,8 +269,8 @@ def get_pipe_transport(self, fd):
     return proxy
 
 
-def _forward(name: str) -> Callable:
-    def forward(self, *args, **kwargs):
+def _forward(name: str) -> Callable[..., Any]:
+    def forward(self: TracedTransport, *args: Any, **kwargs: Any) -> Any:
         return getattr(self._transport, name)(*args, **kwargs)
 
     forward.__name__ = forward.__qualname__ = name
@@ -277,21 +278,23 @@ def _forward(name: str) -> Callable:
 
 
 def _forward_attribute(name: str) -> property:
-    def fget(self):
+    def fget(self: TracedTransport) -> Any:
         return getattr(self._transport, name)
 
-    def fset(self, value):
+    def fset(self: TracedTransport, value: Any) -> None:
         setattr(self._transport, name, value)
 
-    def fdel(self):
+    def fdel(self: TracedTransport) -> None:
         delattr(self._transport, name)
 
     return property(fget, fset, fdel, f"Forwarded to the real transport's {name}.")
 
 
 def _resolves_names_itself(inner_cls: type) -> bool:
+    # inner_cls.__getattribute__ is the class's own (unbound, from its MRO); mypy
+    # takes it for the metaclass's bound one.
     return (
-        getattr(inner_cls, "__getattr__", None) is not None or inner_cls.__getattribute__ is not object.__getattribute__
+        getattr(inner_cls, "__getattr__", None) is not None or inner_cls.__getattribute__ is not object.__getattribute__  # type: ignore[comparison-overlap]
     )
 
 
@@ -346,7 +349,7 @@ _classes: dict[type, type] = {}
 _with_pipes: set[type] = set()
 
 
-def _bases_for(inner_cls: type) -> tuple:
+def _bases_for(inner_cls: type) -> tuple[type, ...]:
     chosen: list[type] = []
     for abc in _ABCS:
         if issubclass(inner_cls, abc) and not any(issubclass(c, abc) for c in chosen):
@@ -354,23 +357,23 @@ def _bases_for(inner_cls: type) -> tuple:
     return tuple(chosen)
 
 
-def _code_names(code: Any, out: set) -> None:
+def _code_names(code: Any, out: set[str]) -> None:
     out.update(code.co_names)
     for const in code.co_consts:
         if hasattr(const, "co_names"):
             _code_names(const, out)
 
 
-def _attribute_names(inner_cls: type) -> set:
+def _attribute_names(inner_cls: type) -> set[str]:
     """Names worth forwarding: the class's own, and the private names its methods use."""
     names = set(dir(inner_cls))
-    used: set = set()
+    used: set[str] = set()
     for klass in inner_cls.__mro__:
         if klass is object:
             continue
         for value in vars(klass).values():
             if isinstance(value, property):
-                funcs = (value.fget, value.fset, value.fdel)
+                funcs: tuple[Any, ...] = (value.fget, value.fset, value.fdel)
             else:
                 funcs = (getattr(value, "__func__", value),)
             for func in funcs:
@@ -468,10 +471,11 @@ def proxy_class_for(inner_cls: type) -> type:
 _new = object.__new__
 # Proxy class -> the __set__ of its own slots' descriptors: past the forwarding
 # __setattr__, and cheaper than object.__setattr__ (no attribute lookup by name).
-_slot_setters: dict[type, tuple] = {}
+# (set _transport, set _wrapper, set _rec, has a _pipes slot)
+_slot_setters: dict[type, tuple[Any, ...]] = {}
 
 
-def _setters_for(cls: type) -> tuple:
+def _setters_for(cls: type) -> tuple[Any, ...]:
     setters = _slot_setters[cls] = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec")) + (
         cls in _with_pipes,
     )
@@ -481,7 +485,7 @@ def _setters_for(cls: type) -> tuple:
 def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
     cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
     set_transport, set_wrapper, set_rec, pipes = _slot_setters.get(cls) or _setters_for(cls)
-    proxy = _new(cls)
+    proxy: Any = _new(cls)
     set_transport(proxy, inner)
     set_wrapper(proxy, wrapper)
     set_rec(proxy, rec)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ..report import report
 from . import abandoned as _abandoned
-from .classify import conn_key, key_for
+from .classify import ConnKey, conn_key, key_for
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from collections import deque
 
 monotonic = time.monotonic
 _new = object.__new__
@@ -49,6 +49,15 @@ class Observer(Protocol):
     def on_close(self, record: ConnectionRecord, exc: Optional[BaseException]) -> None: ...
 
 
+class RegistryLike(Protocol):
+    """What a record needs from its registry (``registry.Registry`` is one; no import of it here)."""
+
+    _live: set[ConnectionRecord]
+    _ended: deque[ConnectionRecord]
+
+    def _fold_now(self) -> None: ...
+
+
 class Group:
     """What one ``traced()`` call shares between its connections.
 
@@ -80,7 +89,7 @@ class Group:
         self,
         name: str,
         side: str,
-        registry: Registry,
+        registry: RegistryLike,
         observer: Optional[Observer] = None,
         capture_extra: bool = False,
         span_policy: Any = None,
@@ -93,7 +102,7 @@ class Group:
         # The observer asks for app callbacks to run in its per-connection context.
         self.parent_context = bool(getattr(observer, "parent_context", False))
         # (transport class, sockname shape, port) -> ConnKey; see classify.key_for.
-        self.keys: dict = {}
+        self.keys: dict[tuple[Any, ...], ConnKey] = {}
         self._live = registry._live
         self._ended = registry._ended
         # Bound once: a connection calls them directly, not through getattr.
@@ -142,17 +151,17 @@ class _Rare:
         self.write_pauses = 0
         self.write_paused_s = 0.0
         self.tls_handshake_s: Optional[float] = None
-        self.extra: Optional[dict] = None
+        self.extra: Optional[dict[str, Any]] = None
         # When the last flow-control transition happened (observers timestamp events with it).
         self.event_at = 0.0
 
 
 def _rare_field(name: str, default: Any) -> property:
-    def fget(self):
+    def fget(self: ConnectionRecord) -> Any:
         rare = self._rare
         return default if rare is None else getattr(rare, name)
 
-    def fset(self, value):
+    def fset(self: ConnectionRecord, value: Any) -> None:
         rare = self._rare
         if rare is None:
             if value is default:
@@ -167,10 +176,10 @@ _EOF, _LOCAL_CLOSE, _ABORTED = 1, 2, 4
 
 
 def _flag(bit: int) -> property:
-    def fget(self):
+    def fget(self: ConnectionRecord) -> bool:
         return bool(self._flags & bit)
 
-    def fset(self, value):
+    def fset(self: ConnectionRecord, value: Any) -> None:
         self._flags = (self._flags | bit) if value else (self._flags & ~bit)
 
     return property(fget, fset)
@@ -215,7 +224,8 @@ class ConnectionRecord:
 
     def __init__(self, group: Group) -> None:
         self.group = group
-        self.key = None
+        # A ConnKey from open() on; None only on a record not opened yet, which no reader sees.
+        self.key: ConnKey = None  # type: ignore[assignment]
         self.rx = 0
         self.tx = 0
         self.opened_at = 0.0
@@ -235,7 +245,7 @@ class ConnectionRecord:
         Once per connection. Sets the same fields as ``__init__`` (a test checks)."""
         rec = _new(cls)
         rec.group = group
-        rec.key = None
+        rec.key = None  # type: ignore[assignment]  # as in __init__
         rec.rx = 0
         rec.tx = 0
         rec.opened_at = 0.0
@@ -352,7 +362,8 @@ class ConnectionRecord:
                 self._event("reading.paused")
 
     def reading_resumed(self) -> None:
-        rare = self._rare
+        # Any: a _Rare or None, told apart through ``since`` (which mypy cannot follow).
+        rare: Any = self._rare
         since = None if rare is None else rare.read_paused_since
         if since is not None:
             rare.read_paused_since = None
@@ -370,7 +381,8 @@ class ConnectionRecord:
                 self._event("writing.paused")
 
     def writing_resumed(self) -> None:
-        rare = self._rare
+        # Any: a _Rare or None, told apart through ``since`` (which mypy cannot follow).
+        rare: Any = self._rare
         since = None if rare is None else rare.write_paused_since
         if since is not None:
             rare.write_paused_since = None

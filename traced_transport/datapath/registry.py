@@ -36,7 +36,7 @@ class Totals:
     active: int = 0
     read_paused_now: int = 0
     write_paused_now: int = 0
-    close_reasons: dict = field(default_factory=dict)
+    close_reasons: dict[Optional[str], int] = field(default_factory=dict)
 
     def add_counts(self, rec: ConnectionRecord) -> None:
         """Add one record's byte and pause counts (closing it, or summing it while live)."""
@@ -60,7 +60,7 @@ class Snapshot:
 
     __slots__ = ("closed", "live", "taken_at")
 
-    def __init__(self, closed: dict, live: list, taken_at: float):
+    def __init__(self, closed: dict[ConnKey, Totals], live: list[ConnectionRecord], taken_at: float):
         self.closed: dict[ConnKey, Totals] = closed
         self.live: list[ConnectionRecord] = live
         self.taken_at = taken_at
@@ -95,7 +95,7 @@ class Registry:
         self._ended: deque[ConnectionRecord] = deque()
         self._closed: dict[ConnKey, Totals] = {}
 
-    def _fold(self, folded: Optional[set] = None) -> None:
+    def _fold(self, folded: Optional[set[int]] = None) -> None:
         """Under the lock: ended records into the closed totals (their ids into ``folded``).
 
         Once per connection, batched: Totals.add_counts is inlined."""
@@ -138,7 +138,7 @@ class Registry:
             _abandoned.drain()
         with self._lock:
             live = list(self._live)  # one C call: atomic under the GIL
-            folded: set = set()
+            folded: set[int] = set()
             self._fold(folded)
             if folded:
                 # Ended after the copy above: counted in the totals now.

@@ -48,7 +48,7 @@ PROTOCOL_BASES = (
     asyncio.BaseProtocol,
 )
 
-Shape = tuple[tuple[type, ...], frozenset]
+Shape = tuple[tuple[type, ...], frozenset[str]]
 
 
 def shape_of(app: Any) -> Shape:
@@ -74,7 +74,7 @@ _by_shape: dict[Shape, type] = {}
 def build(
     shape: Shape,
     base: type,
-    methods: Mapping[str, Callable],
+    methods: Mapping[str, Callable[..., Any]],
     slots: tuple[str, ...],
     known: Iterable[type] = (),
 ) -> type:

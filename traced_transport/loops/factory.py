@@ -61,7 +61,7 @@ def set_max_transport_names(limit: int) -> int:
     return previous
 
 
-def transport_names() -> frozenset:
+def transport_names() -> frozenset[str]:
     """The distinct ``transport.name`` values ``traced()`` has accepted so far."""
     with _names_lock:
         return frozenset(_names)
@@ -94,7 +94,7 @@ class TracedProtocolFactory:
         self.group = group
         # (app class, loop class, wrapper class's _for) of the last connection:
         # a factory nearly always makes one class of protocol on one kind of loop.
-        self._last: tuple = (None, None, None)
+        self._last: tuple[Optional[type], Optional[type], Any] = (None, None, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
@@ -109,7 +109,7 @@ class TracedProtocolFactory:
         if loop is not None and type(loop) not in patches._seen:
             patches.ensure(type(loop))
         rec = ConnectionRecord(self.group)
-        cls = _protocols.wrapper_class(app, rec, loop)
+        cls: Any = _protocols.wrapper_class(app, rec, loop)  # built at run time: has _for
         if loop is not None:
             self._last = (type(app), type(loop), cls._for)
         return cls(app, rec)

@@ -27,11 +27,12 @@ import contextvars
 import functools
 import ssl
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 from ..datapath import protocols as _protocols
 from ..datapath import proxy as _proxy
-from ..datapath.record import TLS_FAILED, monotonic
+from ..datapath.record import TLS_FAILED, ConnectionRecord, monotonic
 from ..report import report
 from . import factory as _factory_mod
 from . import patches
@@ -58,12 +59,12 @@ _PAIR_RETURNING = frozenset(_FACTORY_TAKING) - {"create_server", "create_unix_se
 # wrap itself. None when not instrumenting.
 auto: Any = None
 # Set by tracing(): the same, for the loop calls made in one context (task)
-# only; consulted before ``auto``.
-scope: contextvars.ContextVar = contextvars.ContextVar("traced_transport_scope", default=None)
+# only; consulted before ``auto``. (Both hold an instrument._Auto.)
+scope: contextvars.ContextVar[Any] = contextvars.ContextVar("traced_transport_scope", default=None)
 
 
-def _hooks_for() -> list:
-    hooks: list = [
+def _hooks_for() -> list[tuple[str, Callable[[Any, str], Any]]]:
+    hooks: list[tuple[str, Callable[[Any, str], Any]]] = [
         ("start_tls", _make_start_tls),
         ("sendfile", _make_sendfile),
         ("_make_ssl_transport", _make_make_ssl_transport),
@@ -90,7 +91,7 @@ def _make_factory_taking(original: Any, name: str) -> Any:
     tls_client = name in ("create_connection", "create_unix_connection")
 
     @functools.wraps(original)
-    async def method(self, *args, **kwargs):
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         scoped = scope.get()
         if scoped is not None:
             args, kwargs = scoped.wrap_call(name, side, args, kwargs)
@@ -114,7 +115,9 @@ def _make_factory_taking(original: Any, name: str) -> Any:
     return method
 
 
-def _uvloop_tls_server(loop, args: tuple, kwargs: dict) -> tuple:
+def _uvloop_tls_server(
+    loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     # uvloop does the TLS handshake of create_server(ssl=) in Cython, where no
     # hook reaches: a failed handshake would never be seen. For traced
     # factories, serve plain TCP and put uvloop's own SSLProtocol in front of
@@ -132,7 +135,7 @@ def _uvloop_tls_server(loop, args: tuple, kwargs: dict) -> tuple:
     del kwargs["ssl"]
     timeouts = {k: kwargs.pop(k) for k in ("ssl_handshake_timeout", "ssl_shutdown_timeout") if k in kwargs}
 
-    def tls_factory():
+    def tls_factory() -> _TLSHandoff:
         wrapper = factory()
         waiter = loop.create_future()
         ssl_protocol = ssl_protocol_cls(
@@ -148,12 +151,12 @@ class _TLSHandoff(asyncio.Protocol):
 
     __slots__ = ("_wrapper", "_ssl_protocol", "_waiter")
 
-    def __init__(self, wrapper, ssl_protocol, waiter) -> None:
+    def __init__(self, wrapper: Any, ssl_protocol: Any, waiter: Any) -> None:
         self._wrapper = wrapper
         self._ssl_protocol = ssl_protocol
         self._waiter = waiter
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         ssl_protocol, waiter = self._ssl_protocol, self._waiter
         self._ssl_protocol = self._waiter = None
         try:
@@ -161,7 +164,7 @@ class _TLSHandoff(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001
             report("tls handshake watch", exc)
 
-        def close_on_failure(fut) -> None:
+        def close_on_failure(fut: asyncio.Future[Any]) -> None:
             # What uvloop's own server does when a handshake fails.
             exc = None if fut.cancelled() else fut.exception()
             if fut.cancelled() or exc is not None:
@@ -195,7 +198,9 @@ def _make_make_ssl_transport(original: Any, name: str = "_make_ssl_transport") -
     # handshake happens before our wrapper hears of the connection, and a
     # failed one never reaches it. The waiter tells us how it went.
     @functools.wraps(original)
-    def method(self, rawsock, protocol, sslcontext, waiter=None, *args, **kwargs):
+    def method(
+        self: Any, rawsock: Any, protocol: Any, sslcontext: Any, waiter: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         transport = original(self, rawsock, protocol, sslcontext, waiter, *args, **kwargs)
         if waiter is not None and isinstance(protocol, _protocols._Wrapper):
             try:
@@ -207,11 +212,11 @@ def _make_make_ssl_transport(original: Any, name: str = "_make_ssl_transport") -
     return method
 
 
-def _watch_handshake(rec, sock, waiter) -> None:
+def _watch_handshake(rec: ConnectionRecord, sock: Any, waiter: asyncio.Future[Any]) -> None:
     started = monotonic()
     info = _SocketInfo(sock)
 
-    def done(fut) -> None:
+    def done(fut: asyncio.Future[Any]) -> None:
         try:
             elapsed = monotonic() - started
             failed = fut.cancelled() or fut.exception() is not None
@@ -236,7 +241,7 @@ def _watch_handshake(rec, sock, waiter) -> None:
 
 def _make_start_tls(original: Any, name: str = "start_tls") -> Any:
     @functools.wraps(original)
-    async def start_tls(self, transport, protocol, sslcontext, *args, **kwargs):
+    async def start_tls(self: Any, transport: Any, protocol: Any, sslcontext: Any, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(transport, _proxy.TracedTransport):
             return await original(self, transport, protocol, sslcontext, *args, **kwargs)
         return await _start_tls(original, self, transport, protocol, sslcontext, args, kwargs)
@@ -244,7 +249,15 @@ def _make_start_tls(original: Any, name: str = "start_tls") -> Any:
     return start_tls
 
 
-async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
+async def _start_tls(
+    original: Any,
+    loop: Any,
+    proxy: _proxy.TracedTransport,
+    protocol: Any,
+    sslcontext: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     inner = proxy._transport
     rec = proxy._rec
     old = proxy._wrapper
@@ -285,7 +298,9 @@ async def _start_tls(original, loop, proxy, protocol, sslcontext, args, kwargs):
 
 def _make_sendfile(original: Any, name: str = "sendfile") -> Any:
     @functools.wraps(original)
-    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+    async def sendfile(
+        self: Any, transport: Any, file: Any, offset: int = 0, count: Optional[int] = None, *, fallback: bool = True
+    ) -> Any:
         if not isinstance(transport, _proxy.TracedTransport):
             return await original(self, transport, file, offset, count, fallback=fallback)
         return await _sendfile(original, self, transport, file, offset, count, fallback)
@@ -293,7 +308,15 @@ def _make_sendfile(original: Any, name: str = "sendfile") -> Any:
     return sendfile
 
 
-async def _sendfile(original, loop, proxy, file, offset, count, fallback):
+async def _sendfile(
+    original: Any,
+    loop: Any,
+    proxy: _proxy.TracedTransport,
+    file: Any,
+    offset: int,
+    count: Optional[int],
+    fallback: bool,
+) -> int:
     rec = proxy._rec
     written_before = rec.tx
     try:
@@ -301,7 +324,7 @@ async def _sendfile(original, loop, proxy, file, offset, count, fallback):
     except Exception:  # noqa: BLE001
         position_before = None
     try:
-        sent = await original(loop, proxy, file, offset, count, fallback=fallback)
+        sent: int = await original(loop, proxy, file, offset, count, fallback=fallback)
     except BaseException:
         # Native sendfile moves the file position by what it sent, even when it
         # fails part-way: count those bytes, the fallback's went through write().
@@ -319,14 +342,14 @@ async def _sendfile(original, loop, proxy, file, offset, count, fallback):
     return sent
 
 
-def _count_native(rec, sent: int, written_before: int) -> None:
+def _count_native(rec: ConnectionRecord, sent: int, written_before: int) -> None:
     # Whatever the loop reports as sent but did not pass through write().
     native = sent - (rec.tx - written_before)
     if native > 0:
         rec.tx += native
 
 
-def _restore_transport_map(loop, proxy) -> None:
+def _restore_transport_map(loop: Any, proxy: _proxy.TracedTransport) -> None:
     # selector_events' native path re-registers the transport it was given in
     # loop._transports; put the real one back.
     transports = getattr(loop, "_transports", None)

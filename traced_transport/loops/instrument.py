@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from ..datapath.record import Observer
+from ..datapath.record import Group, Observer
 from ..datapath.registry import Registry
 from . import hooks as _hooks
 from . import patches
@@ -51,9 +51,11 @@ class _Auto:
         self.methods = _NETWORK | (_LOCAL if pipes else frozenset())
         self.observer = observer
         self.registry = registry
-        self._groups: dict[str, Any] = {}
+        self._groups: dict[str, Group] = {}
 
-    def wrap_call(self, method: str, side: Optional[str], args: tuple, kwargs: dict) -> tuple:
+    def wrap_call(
+        self, method: str, side: Optional[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if method not in self.methods:
             return args, kwargs
         if args:
@@ -85,7 +87,8 @@ class _Auto:
         group = self._groups.get(side)
         if group is None:
             name = self.server_name if side == "server" else self.client_name
-            group = traced(factory, name=name, side=side, observer=self.observer, registry=self.registry).group
+            # name is not None: wrap_call() returned before this for a side without one.
+            group = traced(factory, name=name, side=side, observer=self.observer, registry=self.registry).group  # type: ignore[arg-type]
             self._groups[side] = group
         return TracedProtocolFactory(factory, group)
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..report import report
 
 
-def applies(loop: Any, factory: Any, kwargs: dict) -> bool:
+def applies(loop: Any, factory: Any, kwargs: dict[str, Any]) -> bool:
     sslarg = kwargs.get("ssl")
     return (
         (sslarg is True or isinstance(sslarg, ssl.SSLContext))
@@ -28,7 +28,9 @@ def applies(loop: Any, factory: Any, kwargs: dict) -> bool:
     )
 
 
-async def connect(original: Any, loop: Any, name: str, args: tuple, kwargs: dict, watch: Any) -> Any:
+async def connect(
+    original: Any, loop: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], watch: Any
+) -> Any:
     """``original`` is the loop's own method; ``watch(rec, sock, waiter)`` times the handshake."""
     kwargs = dict(kwargs)
     sslarg = kwargs.pop("ssl")

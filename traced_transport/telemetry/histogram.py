@@ -27,7 +27,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 
 class Exemplar(NamedTuple):
@@ -44,27 +44,27 @@ class HistogramPoint:
 
     __slots__ = ("attributes", "counts", "sum", "min", "max", "exemplars")
 
-    def __init__(self, attributes: dict, buckets: int) -> None:
+    def __init__(self, attributes: dict[str, Any], buckets: int) -> None:
         self.attributes = attributes
         self.counts = [0] * buckets
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
         # Made on the first exemplar: one slot per bucket, the latest Exemplar or None.
-        self.exemplars: Optional[list] = None
+        self.exemplars: Optional[list[Optional[Exemplar]]] = None
 
 
 class PointView(NamedTuple):
     """A copy of one point, taken under the lock (count always equals sum(counts))."""
 
-    attributes: dict
-    counts: tuple
-    count: int
+    attributes: dict[str, Any]
+    counts: tuple[int, ...]
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, the public name
     sum: float
     min: float
     max: float
     # Per bucket, the latest Exemplar or None; None when the point never had one.
-    exemplars: Optional[tuple] = None
+    exemplars: Optional[tuple[Optional[Exemplar], ...]] = None
 
 
 class HistogramAggregate:
@@ -83,9 +83,10 @@ class HistogramAggregate:
         self._lock = threading.Lock()
         self._points: dict[Hashable, HistogramPoint] = {}
         # Per delta reader: its points since its last read, and when that was.
-        self._intervals: list[list] = []
+        # Each one is [points, start_ns].
+        self._intervals: list[list[Any]] = []
 
-    def record(self, value: float, key: Hashable, attributes: dict) -> None:
+    def record(self, value: float, key: Hashable, attributes: dict[str, Any]) -> None:
         i = bisect_left(self.bounds, value)
         with self._lock:
             # _add inlined for the cumulative points: this runs once per connection.
@@ -102,7 +103,9 @@ class HistogramAggregate:
                 for interval in self._intervals:
                     self._add(interval[0], i, value, key, attributes)
 
-    def _add(self, points: dict, i: int, value: float, key: Hashable, attributes: dict) -> None:
+    def _add(
+        self, points: dict[Hashable, HistogramPoint], i: int, value: float, key: Hashable, attributes: dict[str, Any]
+    ) -> None:
         point = points.get(key)
         if point is None:
             point = points[key] = HistogramPoint(attributes, len(self.bounds) + 1)
@@ -114,7 +117,7 @@ class HistogramAggregate:
             point.max = value
 
     def record_with_exemplar(
-        self, value: float, key: Hashable, attributes: dict, trace_id: int, span_id: int, time_ns: int
+        self, value: float, key: Hashable, attributes: dict[str, Any], trace_id: int, span_id: int, time_ns: int
     ) -> None:
         """``record``, and the value becomes its bucket's exemplar (the span must be sampled: the caller checks)."""
         i = bisect_left(self.bounds, value)
@@ -149,19 +152,19 @@ class HistogramAggregate:
         if have is None or have.time_ns <= exemplar.time_ns:
             exemplars[i] = exemplar
 
-    def open_interval(self) -> list:
+    def open_interval(self) -> list[Any]:
         """A delta reader's handle; its first interval starts now."""
-        interval = [{}, time.time_ns()]
+        interval: list[Any] = [{}, time.time_ns()]
         with self._lock:
             self._intervals.append(interval)
         return interval
 
-    def close_interval(self, interval: list) -> None:
+    def close_interval(self, interval: list[Any]) -> None:
         with self._lock:
             if interval in self._intervals:
                 self._intervals.remove(interval)
 
-    def points(self, interval: Optional[list] = None) -> tuple[int, list[PointView]]:
+    def points(self, interval: Optional[list[Any]] = None) -> tuple[int, list[PointView]]:
         """``(start_ns, points)``: cumulative since creation, or the interval's since its last read."""
         with self._lock:
             if interval is None:

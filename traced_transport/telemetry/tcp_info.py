@@ -65,6 +65,7 @@ _PREFIX_SIZE = 168
 
 
 def _prefix_struct() -> tuple[struct.Struct, dict[str, int]]:
+    index: dict[str, int]
     fmt, at, index = "<", 0, {}
     for name, offset, code in sorted(_FIELDS, key=lambda f: f[1]):
         size = _STRUCTS[code].size
@@ -135,7 +136,7 @@ class TcpInfo:
         self._raw = raw
         n = self.length = len(raw)
         # Short of the prefix (kernels before 4.6): each field on its own.
-        self._values = _PREFIX.unpack_from(raw) if n >= _PREFIX_SIZE else None
+        self._values: Optional[tuple[int, ...]] = _PREFIX.unpack_from(raw) if n >= _PREFIX_SIZE else None
 
     def end_counts(self) -> tuple[Optional[int], Optional[int], Optional[int]]:
         """``(rtt, segs_out, total_retrans)``: what every connection's end records, without three property calls."""
@@ -167,9 +168,9 @@ def parse(raw: bytes) -> TcpInfo:
 
 
 _socket_of_fd = socket.socket
-_PseudoSocket: Optional[type] = None
+_PseudoSocket: Optional[type[Any]] = None
 try:
-    from uvloop.loop import PseudoSocket as _PseudoSocket  # type: ignore[no-redef]
+    from uvloop.loop import PseudoSocket as _PseudoSocket  # type: ignore[no-redef,attr-defined]  # not in uvloop's stubs
 except Exception:  # noqa: BLE001 - no uvloop, or one without it: asyncio sockets only
     pass
 

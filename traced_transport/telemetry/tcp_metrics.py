@@ -23,6 +23,8 @@ from .histogram import HistogramAggregate
 from .tcp_info import TcpInfo, read_tcp_info
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..datapath.record import ConnectionRecord
     from .telemetry import Telemetry
 
@@ -49,7 +51,7 @@ class TcpMetrics:
         # TLS connections read when they began to end, waiting for the record's close.
         self.early: dict[ConnectionRecord, TcpInfo] = {}
         self._lock = threading.Lock()
-        self._cached: Optional[tuple[float, dict]] = None
+        self._cached: Optional[tuple[float, dict[ConnKey, list[int]]]] = None
         self.rtt = self._histogram(
             telemetry, meter, "transport.tcp.rtt", "s", "Smoothed round-trip time of each TCP connection at its end",
             RTT_BUCKETS,
@@ -91,7 +93,7 @@ class TcpMetrics:
 
     @staticmethod
     def _histogram(
-        telemetry: Telemetry, meter: Any, name: str, unit: str, description: str, bounds: tuple
+        telemetry: Telemetry, meter: Any, name: str, unit: str, description: str, bounds: tuple[float, ...]
     ) -> tuple[Any, HistogramAggregate]:
         aggregate = telemetry.histograms[name] = HistogramAggregate(name, unit, description, bounds)
         instrument = meter.create_histogram(name, unit, description, explicit_bucket_boundaries_advisory=bounds)
@@ -176,7 +178,7 @@ class TcpMetrics:
                 self._add(rec.key, sent - before[0], retransmitted - before[1])
 
     # -- collection (any thread) -----------------------------------------------
-    def _observe_segments(self, i: int):
+    def _observe_segments(self, i: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             try:
                 attributes = self.telemetry.attributes
@@ -217,7 +219,7 @@ class TcpMetrics:
             self._cached = (now, sums)
             return sums
 
-    def _observe_live(self, i: int):
+    def _observe_live(self, i: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             try:
                 attributes = self.telemetry.attributes

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -39,6 +39,18 @@ from .policy import SpanPolicy, span_policy
 from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
 from .tcp_info import supported as tcp_info_supported
 from .tcp_metrics import TcpMetrics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..datapath.registry import Totals
+
+    # (ConnKey, error.type, cipher, TLS version): one metric attribute set, the key of its cached attributes.
+    _CacheKey = tuple[ConnKey, Optional[str], Optional[str], Optional[str]]
+    # (name, monotonic time, pause seconds or None)
+    _Event = tuple[str, float, Optional[float]]
+    # The API instrument and the loop-side aggregate of one histogram.
+    _Histogram = tuple[Any, HistogramAggregate]
 
 _PROXY_PROVIDER = trace.ProxyTracerProvider
 SCOPE = "traced_transport"
@@ -89,7 +101,7 @@ class _InContext:
         self.instrument = instrument
         self.context = context
 
-    def record(self, value: float, attributes: dict) -> None:
+    def record(self, value: float, attributes: dict[str, Any]) -> None:
         self.instrument.record(value, attributes, context=self.context)
 
 
@@ -99,11 +111,11 @@ class _Deferred:
     __slots__ = ("events", "dropped", "longest_pause", "parent", "tls_extra", "handshake")
 
     def __init__(self, parent: Any = None) -> None:
-        self.events: list = []  # (name, monotonic time, pause seconds or None)
+        self.events: list[_Event] = []
         self.dropped = 0
         self.longest_pause = 0.0
         self.parent = parent
-        self.tls_extra: Optional[dict] = None
+        self.tls_extra: Optional[dict[str, Any]] = None
         self.handshake: Optional[tuple[Optional[str], Optional[str], int]] = None  # cipher, version, time (ns)
 
 
@@ -111,7 +123,7 @@ def _ns(monotonic_s: float) -> int:
     return int((monotonic_s + WALL_OFFSET) * 1e9)
 
 
-def _at(event: tuple) -> float:
+def _at(event: _Event) -> float:
     return event[1]
 
 
@@ -178,15 +190,15 @@ class Telemetry:
         if self.tcp_info:
             # A TLS connection's socket is closed before connection_lost: the peer's EOF is when it is read.
             self.wants_eof_event = True
-        self._attrs: dict[tuple, dict] = {}
+        self._attrs: dict[_CacheKey, dict[str, Any]] = {}
         self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
         # next collection (or when this many pile up), so the event loop pays a
         # deque append per connection or pause, not an SDK call.
-        self._pending: collections.deque = collections.deque()
+        self._pending: collections.deque[tuple[Any, float, dict[str, Any]]] = collections.deque()
         self.max_pending = 8192
         self._cache_lock = threading.Lock()
-        self._cached: Optional[tuple[float, dict]] = None
+        self._cached: Optional[tuple[float, dict[ConnKey, Totals]]] = None
         # The app's SDK must not be able to break traced() at set-up either: a
         # provider whose get_tracer/get_meter or instrument creation raises gets
         # the API's no-op tracer or meter instead (reported once).
@@ -267,7 +279,7 @@ class Telemetry:
         if self.tcp_info:
             self._tcp = TcpMetrics(self, m, self.tcp_info_live_counters)
 
-    def _histogram(self, meter: Any, name: str, description: str, bounds: tuple) -> tuple:
+    def _histogram(self, meter: Any, name: str, description: str, bounds: tuple[float, ...]) -> _Histogram:
         aggregate = self.histograms[name] = HistogramAggregate(name, "s", description, bounds)
         instrument = meter.create_histogram(name, "s", description, explicit_bucket_boundaries_advisory=bounds)
         return instrument, aggregate
@@ -295,17 +307,17 @@ class Telemetry:
         error_type: Optional[str] = None,
         cipher: Optional[str] = None,
         tls_version: Optional[str] = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._attributes_for((key, error_type, cipher, tls_version))
 
-    def _attributes_for(self, cache_key: tuple) -> dict:
+    def _attributes_for(self, cache_key: _CacheKey) -> dict[str, Any]:
         attrs = self._attrs.get(cache_key)
         if attrs is None:
             attrs = self._attrs[cache_key] = metric_attributes(*cache_key)
         return attrs
 
     # -- observable callbacks (scrape thread) -----------------------------------
-    def _totals(self, fresh: bool = False) -> dict:
+    def _totals(self, fresh: bool = False) -> dict[ConnKey, Totals]:
         # One registry pass per collection: the SDK runs the callbacks of one
         # collection back to back, in creation order, so the first one
         # (transport.connection.opened) makes a fresh pass and the others reuse it
@@ -321,7 +333,7 @@ class Telemetry:
 
     def _record(
         self,
-        histogram: tuple,
+        histogram: _Histogram,
         value: float,
         key: ConnKey,
         error_type: Optional[str] = None,
@@ -343,7 +355,7 @@ class Telemetry:
         ids: Optional[tuple[int, int]],
         span: Any,
         time_ns: int,
-        histogram: tuple,
+        histogram: _Histogram,
         value: float,
         key: ConnKey,
         error_type: Optional[str] = None,
@@ -371,7 +383,7 @@ class Telemetry:
         self,
         ids: tuple[int, int],
         time_ns: int,
-        histogram: tuple,
+        histogram: _Histogram,
         value: float,
         key: ConnKey,
         error_type: Optional[str] = None,
@@ -398,7 +410,7 @@ class Telemetry:
             except Exception as exc:  # noqa: BLE001
                 report("histogram.record", exc)
 
-    def _observe(self, field: str, fresh: bool = False):
+    def _observe(self, field: str, fresh: bool = False) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             self.flush()
             try:
@@ -584,8 +596,8 @@ class Telemetry:
         return cipher, version
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
-        duration = rec.closed_at - rec.opened_at
-        span_context = None
+        duration = rec.closed_at - rec.opened_at  # type: ignore[operator]  # set before on_close
+        span_context: Any = None
         tcp_info = None
         if self._tcp is not None:
             tcp_info = self.tcp_info_of(rec)
@@ -619,7 +631,7 @@ class Telemetry:
                 self._record_exemplar(
                     ids,
                     trace.NonRecordingSpan(span_context),
-                    _ns(rec.closed_at),
+                    _ns(rec.closed_at),  # type: ignore[arg-type]  # set before on_close
                     self._handshake,
                     rec.tls_handshake_s,
                     rec.key,
@@ -636,7 +648,15 @@ class Telemetry:
         ids = _sampled_ids(span_context)
         if ids is not None:
             span = trace.NonRecordingSpan(span_context)
-            self._record_exemplar(ids, span, _ns(rec.closed_at), self._duration, duration, rec.key, rec.error_type)
+            self._record_exemplar(
+                ids,
+                span,
+                _ns(rec.closed_at),  # type: ignore[arg-type]  # set before on_close
+                self._duration,
+                duration,
+                rec.key,
+                rec.error_type,
+            )
             return
         cache_key = (rec.key, rec.error_type, None, None)
         attributes = self._attrs.get(cache_key) or self._attributes_for(cache_key)
@@ -677,11 +697,11 @@ class Telemetry:
 
     def _finish(self, span: Any, rec: ConnectionRecord, exc: Optional[BaseException]) -> Any:
         if exc is not None:
-            span.record_exception(exc, timestamp=_ns(rec.closed_at))
+            span.record_exception(exc, timestamp=_ns(rec.closed_at))  # type: ignore[arg-type]  # set before on_close
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         elif rec.close_reason == TLS_FAILED:
             span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
-        span.end(end_time=_ns(rec.closed_at))
+        span.end(end_time=_ns(rec.closed_at))  # type: ignore[arg-type]  # set before on_close
         return span.get_span_context()
 
     def _end_eager(
@@ -700,7 +720,7 @@ class Telemetry:
     ) -> Any:
         """The span an eager one would have been, made now with the connection's own times."""
         key = rec.key
-        events: list = [] if deferred is None else deferred.events
+        events: list[_Event] = [] if deferred is None else deferred.events
         dropped = 0 if deferred is None else deferred.dropped
         if rec.eof_at is not None:
             # The EOF goes where its time puts it among the pauses, under the same cap.
