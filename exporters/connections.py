@@ -14,6 +14,11 @@ read once per connection and cached here; the write-buffer size and the trace
 id are read only for the rows returned, unless a filter or sort needs them.
 The thread hands the GIL over after every millisecond of work, so the loop
 is never held off for long (docs/live-view.md has the measurements).
+
+Why one module of this size: a row's fields, the filters and sorts over them,
+and the two sources (one process's registry, the workers' files) share one row
+schema; split, each part would repeat it. The HTTP side is ``connections_page``,
+the terminal side ``top``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ it does; ``bench/echo_callgrind.py`` shows the difference with its
 ``reference`` and ``reference_getattr`` modes. A real class with its own
 ``__getattr__`` or ``__getattribute__`` (another proxy, say) still gets a
 ``__getattr__`` proxy.
+
+Why one module of this size: the forwarders and the class builder
+(``proxy_class_for``) decide together which names a proxy class has; apart,
+the rule "exactly the real class's names" would have two places to go wrong.
 """
 
 from __future__ import annotations

@@ -11,6 +11,14 @@ record keeps what a span needs (open time, event times) and only a connection
 the span policy keeps calls the SDK, with the connection's real times. With
 ``parent_context=True`` the span starts when the connection opens, as app
 callbacks need its context while it is open.
+
+Why one module of this size: ``Telemetry`` is one observer whose hooks (open,
+event, TLS, close) share per-connection state (the eager or deferred span, the
+pending histogram values, the attribute caches), and a span built at close must
+equal the eager one field for field; keeping both builders beside the hooks that
+feed them is what makes that checkable by reading. The pieces without that state
+live beside it: ``policy``, ``histogram``, ``attributes``, ``tcp_info``,
+``tcp_metrics``.
 """
 
 from __future__ import annotations
