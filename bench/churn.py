@@ -16,7 +16,7 @@ Server in a child process, load from this process's children, same run. Modes:
 The client is a Python asyncio client, usually the bottleneck on this 2-core machine, so the
 server's CPU time per connection is reported too: it is what a busier server would feel.
 Rounds alternate the modes so drift on this shared machine hits them alike; medians are reported.
-Targets (issue 12): core >= 0.95x plain, default >= 0.90x plain, by CPU time.
+Targets: core >= 0.95x plain, default >= 0.90x plain, by CPU time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ MODES = ("plain", "core", "metrics", "default", "all", "sampled")
 # Modes with the OpenTelemetry SDK installed, and those with a tracer provider.
 SDK_MODES = ("metrics", "default", "all", "sampled", "unsampled", "tcpinfo")
 TRACER_MODES = ("default", "all", "sampled", "unsampled", "tcpinfo")
-# Capacity targets by CPU time (issue 12).
+# Capacity targets by CPU time.
 CAPACITY_TARGETS = {"core": 0.95, "default": 0.90}
 PAYLOAD = b"x" * 64
 

@@ -29,7 +29,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL, LARGE = 300, 1300
 DEFAULT_MODES = "plain,core,metrics,default,all"
-# Issue 12's targets: instructions per connection added over plain, on uvloop.
+# Targets: instructions per connection added over plain, on uvloop.
 TARGETS = {"core": 8_000, "metrics": 12_000, "default": 15_000}
 
 

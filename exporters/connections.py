@@ -34,6 +34,7 @@ from typing import Any, Optional
 from traced_transport.datapath.record import WALL_OFFSET, ConnectionRecord
 from traced_transport.datapath.registry import Registry
 from traced_transport.telemetry.attributes import iana_cipher
+from traced_transport.telemetry.tcp_info import tcp_info_row
 
 __all__ = [
     "Conn",
@@ -83,6 +84,8 @@ FIELDS = (
     "tls_alpn",
     "tls_client_subject",
     "trace_id",
+    "tcp_rtt_s",
+    "tcp_total_retrans",
 )
 NUMERIC_FIELDS = frozenset(
     {
@@ -160,6 +163,8 @@ class Conn:
         "tls_alpn",
         "tls_client_subject",
         "trace_id",
+        "tcp_rtt_s",
+        "tcp_total_retrans",
     )
 
     def __init__(self) -> None:
@@ -182,6 +187,9 @@ class Conn:
         self.tls_alpn: Optional[str] = None
         self.tls_client_subject: Optional[str] = None
         self.trace_id: Optional[str] = None
+        # The kernel's view (Linux TCP): read for shown rows only, at request time.
+        self.tcp_rtt_s: Optional[float] = None
+        self.tcp_total_retrans: Optional[int] = None
 
     static_done = True  # a row from a file has every field already
 
@@ -245,6 +253,8 @@ class Conn:
             "tls_alpn": self.tls_alpn,
             "tls_client_subject": self.tls_client_subject,
             "trace_id": self.trace_id,
+            "tcp_rtt_s": self.tcp_rtt_s,
+            "tcp_total_retrans": self.tcp_total_retrans,
         }
 
     @classmethod
@@ -423,6 +433,10 @@ class LiveConn(Conn):
                 self.write_buffer_bytes = size if isinstance(size, int) else None
             except Exception:  # noqa: BLE001
                 self.write_buffer_bytes = None
+            # TCP_INFO: one getsockopt per shown row (empty off Linux TCP; never raises).
+            tcp = tcp_info_row(transport)
+            self.tcp_rtt_s = tcp.get("rtt_s")
+            self.tcp_total_retrans = tcp.get("total_retrans")
         if self.trace_id is None:
             # The telemetry keeps the connection's span on rec.state while it is open (when it makes one).
             span = getattr(rec.state, "span", None)

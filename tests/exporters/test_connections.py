@@ -45,6 +45,9 @@ def test_json_rows_sort_filter_limit(loop_kind):
         assert row["local"] == f"127.0.0.1:{local_port}" and row["peer"] == f"127.0.0.1:{s.port}"
         assert row["age_s"] >= 0 and row["reading_paused"] is False and row["write_buffer_bytes"] == 0
         assert row["rx_bytes_per_s"] > 0
+        if sys.platform == "linux":  # the kernel's view, read on request (TCP_INFO)
+            assert isinstance(row["tcp_rtt_s"], float) and 0 < row["tcp_rtt_s"] < 1
+            assert row["tcp_total_retrans"] == 0
 
         server_paused = next(r for r in _rows(doc) if r["reading_paused"])
         assert server_paused["name"] == "echo" and server_paused["read_pauses"] == 1
@@ -261,7 +264,10 @@ def test_run_with_workers_shows_every_workers_connections(tmp_path):
                 socks.append(s)
             doc = get("?side=server&limit=1000")
             found = {r["instance"] for r in doc["connections"]}
-            return len(found) == 2 and doc["matched"]["connections"] == len(socks), (found, len(socks), doc["total"])
+            # Rows are as of each worker's last write: wait for one made after every request was read.
+            read = all(r["rx_bytes"] > 0 for r in doc["connections"])
+            done = len(found) == 2 and doc["matched"]["connections"] == len(socks) and read
+            return done, (found, len(socks), doc["total"])
 
         wait_for(instances, 60, "connections from both workers", interval=0.2)
         doc = get("?side=server&limit=1000")

@@ -631,7 +631,8 @@ class Telemetry:
             report("observer.on_close.span", exc2)
         # After the span: its SpanContext is known here (for an exemplar).
         self._record_duration(rec, duration, span_context)
-        ids = _sampled_ids(span_context)
+        # A dropped connection (no span) pays a comparison here, not a call.
+        ids = None if span_context is None else _sampled_ids(span_context)
         if rec.close_reason == TLS_FAILED and rec.tls_handshake_s is not None:
             if ids is None:
                 self._record(self._handshake, rec.tls_handshake_s, rec.key, TLS_FAILED)
@@ -653,7 +654,7 @@ class Telemetry:
     def _record_duration(self, rec: ConnectionRecord, duration: float, span_context: Any) -> None:
         """The connection's duration into its histogram; ``span_context`` is the kept span's
         SpanContext (None when no span was kept or sampled), for an exemplar."""
-        ids = _sampled_ids(span_context)
+        ids = None if span_context is None else _sampled_ids(span_context)
         if ids is not None:
             span = trace.NonRecordingSpan(span_context)
             self._record_exemplar(
