@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -26,12 +26,31 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..datapath.record import ConnectionRecord
-    from .telemetry import Telemetry
+    from ..datapath.registry import Registry
 
 # Loopback is tens of microseconds, a continent a hundred milliseconds.
 RTT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 RETRANSMITTED_BUCKETS = (0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
 _ENDED = object()
+
+
+class Telemetry(Protocol):
+    """What these metrics need from ``telemetry.Telemetry`` (which makes them): no import back."""
+
+    registry: Registry
+    histograms: dict[str, HistogramAggregate]
+
+    def _record(
+        self,
+        histogram: tuple[Any, HistogramAggregate],
+        value: float,
+        key: ConnKey,
+        error_type: Optional[str] = None,
+        cipher: Optional[str] = None,
+        tls_version: Optional[str] = None,
+    ) -> None: ...
+
+    def attributes(self, key: ConnKey, error_type: Optional[str] = None) -> dict[str, Any]: ...
 
 
 class TcpMetrics:
