@@ -71,6 +71,8 @@ class TcpMetrics:
         self.early: dict[ConnectionRecord, TcpInfo] = {}
         self._lock = threading.Lock()
         self._cached: Optional[tuple[float, dict[ConnKey, list[int]]]] = None
+        # Every attribute set the live gauges have reported (they keep reporting it, at 0 when idle).
+        self._keys: set[ConnKey] = set()
         self.rtt = self._histogram(
             telemetry, meter, "transport.tcp.rtt", "s", "Smoothed round-trip time of each TCP connection at its end",
             RTT_BUCKETS,
@@ -145,6 +147,7 @@ class TcpMetrics:
 
     def _count(self, rec: ConnectionRecord, info: TcpInfo) -> None:
         key = rec.key
+        self._keys.add(key)
         telemetry = self.telemetry
         rtt, sent, retransmitted = info.end_counts()
         if rtt:
@@ -235,6 +238,11 @@ class TcpMetrics:
                     pair[1] += info.unacked or 0
                     if self.live_counters:
                         self._count_live(rec, info)
+            # A series, once seen, stays (at 0 when none of its connections is open), as
+            # transport.connection.active does: a gauge that vanishes reads as "no data".
+            for key in list(self._keys):  # one C call: the loop may add keys meanwhile
+                sums.setdefault(key, [0, 0])
+            self._keys.update(sums)
             self._cached = (now, sums)
             return sums
 
