@@ -353,10 +353,14 @@ class Telemetry:
         instrument, aggregate = histogram
         aggregate.record(value, cache_key, attributes)
         if not self._histogram_readers:
-            pending = self._pending
-            pending.append((instrument, value, attributes))
-            if len(pending) > self.max_pending:
-                self.flush()
+            self._pend(instrument, value, attributes)
+
+    def _pend(self, instrument: Any, value: float, attributes: dict[str, Any]) -> None:
+        """No reader collects our aggregates: the value waits for the API histogram (see ``flush``)."""
+        pending = self._pending
+        pending.append((instrument, value, attributes))
+        if len(pending) > self.max_pending:
+            self.flush()
 
     def _record_exemplar(
         self,
@@ -382,10 +386,7 @@ class Telemetry:
         instrument, aggregate = histogram
         aggregate.record_with_exemplar(value, cache_key, attributes, ids[0], ids[1], time_ns)
         if not self._histogram_readers:
-            pending = self._pending
-            pending.append((_InContext(instrument, trace.set_span_in_context(span)), value, attributes))
-            if len(pending) > self.max_pending:
-                self.flush()
+            self._pend(_InContext(instrument, trace.set_span_in_context(span)), value, attributes)
 
     def _exemplar_for_earlier(
         self,
@@ -672,10 +673,7 @@ class Telemetry:
         instrument, aggregate = self._duration
         aggregate.record(duration, cache_key, attributes)
         if not self._histogram_readers:
-            pending = self._pending
-            pending.append((instrument, duration, attributes))
-            if len(pending) > self.max_pending:
-                self.flush()
+            self._pend(instrument, duration, attributes)
 
     def _exemplars_for_deferred(self, rec: ConnectionRecord, ids: tuple[int, int], deferred: _Deferred) -> None:
         """A span kept at close: the pauses and the handshake counted earlier point at it now."""
