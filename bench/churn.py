@@ -60,7 +60,7 @@ def server_factory(mode: str, protocol):
         # echo.py's minimal forwarding protocol + transport proxy, counting nothing: the floor
         # of any wrapping design (a Python frame per callback, two objects per connection).
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from echo import RefProtocol
+        from echo_server import RefProtocol
 
         return lambda: RefProtocol(protocol())
     if mode == "core":
