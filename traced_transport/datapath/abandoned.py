@@ -26,25 +26,20 @@ ABANDONED = "abandoned"
 _pending: collections.deque[Any] = collections.deque()
 
 
-class _TransportRef(weakref.ref[Any]):
+class TransportRef(weakref.ref[Any]):
     __slots__ = ("rec",)
     rec: Any
 
 
-def _gone(ref: _TransportRef) -> None:
+def gone(ref: TransportRef) -> None:
     # Only reached while the record still holds ``ref``, i.e. before its close()
     # (which drops the reference, and with it this callback).
     _pending.append(ref.rec)
 
 
-def watch(rec: Any, transport: Any) -> Callable[[], Any]:
-    """A callable returning ``transport`` while it lives (None after); queues ``rec`` when it goes."""
-    try:
-        ref = _TransportRef(transport, _gone)
-    except TypeError:  # no weak references to it (a stand-in of ours): hold it
-        return lambda: transport
-    ref.rec = rec
-    return ref
+def strong(transport: Any) -> Callable[[], Any]:
+    """For a transport that cannot be weakly referenced: held for the record's life."""
+    return lambda: transport
 
 
 def drain() -> None:

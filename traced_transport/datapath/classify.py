@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from typing import Any, NamedTuple, Optional
 
+from ..report import report
+
 
 class ConnKey(NamedTuple):
     name: str
@@ -123,4 +125,35 @@ def key_for(group: Any, transport: Any) -> ConnKey:
     key = conn_key(group, transport)
     if key.tls_version is not None:
         _uncached.add(cls)
+    return key
+
+
+_FAMILY_OF_TYPE = {"ipv4": int(socket.AF_INET), "ipv6": int(_AF_INET6)}
+
+
+def classify(group: Any, transport: Any) -> ConnKey:
+    """A new connection's ConnKey, when its group has none fixed for its transport class.
+
+    While every connection of the group comes from one listening socket (the
+    loop hooks tell the group, see ``Group.listening_on``), they all share one
+    attribute set per transport class: the first one's is kept in
+    ``group.fixed_keys`` and the others skip classification altogether. Never
+    raises: a transport that fails to answer gets the attributes of an unknown one.
+    """
+    try:
+        key = key_for(group, transport)
+    except Exception as exc:  # noqa: BLE001
+        report("classify", exc)
+        return conn_key(group, None)
+    listeners = group.listeners
+    if listeners is not None and len(listeners) == 1 and key.tls_version is None and type(transport) not in _uncached:
+        ((family, port),) = listeners
+        if key.network_transport == "unix" and family == _AF_UNIX:
+            group.fixed_keys[type(transport)] = key
+        elif (
+            key.network_transport == "tcp"
+            and _FAMILY_OF_TYPE.get(key.network_type or "") == family
+            and key.server_port == (port if key.side == "server" else None)
+        ):
+            group.fixed_keys[type(transport)] = key
     return key

@@ -19,8 +19,11 @@ from . import shapes as _shapes
 from .record import ConnectionRecord
 
 _make_proxy = _proxy.make_proxy
+_proxy_recipes = _proxy._recipes
+_proxy_recipe_for = _proxy._recipe_for
 _new = object.__new__
 _new_record = ConnectionRecord._fast
+_EOF = 1  # record._flags bit (record.py)
 _set = object.__setattr__  # the proxy's own slot, past its forwarding __setattr__
 
 
@@ -50,7 +53,16 @@ class _Wrapper:
 
     def connection_made(self, transport: Any) -> None:
         rec = self._rec
-        proxy = self._proxy = _make_proxy(transport, self, rec)
+        # make_proxy(transport, self, rec), without its frame: once per connection.
+        cls, set_transport, set_wrapper, set_rec, pipes = _proxy_recipes.get(type(transport)) or _proxy_recipe_for(
+            type(transport)
+        )
+        proxy = self._proxy = _new(cls)
+        set_transport(proxy, transport)
+        set_wrapper(proxy, self)
+        set_rec(proxy, rec)
+        if pipes:
+            _proxy.add_pipes(proxy)
         rec.open(transport)
         # The span-context variant calls _made instead, once rec.open() has
         # started the span whose context it runs the app's callback in.
@@ -109,7 +121,11 @@ def _data_received(self: Any, data: bytes) -> None:
 
 
 def _eof_received(self: Any) -> Any:  # the app's answer (bool | None), passed on as is
-    self._rec.eof_received()
+    rec = self._rec
+    if rec.group.eof_hooks:
+        rec.eof_received()
+    else:  # nobody wants its time or an event: the flag is all there is to it
+        rec._flags |= _EOF
     return self._app.eof_received()
 
 

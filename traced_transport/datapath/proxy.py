@@ -45,7 +45,7 @@ from collections.abc import Callable
 from types import FunctionType
 from typing import Any
 
-from .record import ConnectionRecord
+from .record import _ABORTED, _EOF, _LOCAL_CLOSE, ConnectionRecord
 
 
 def _nbytes(data: Any) -> int:
@@ -219,8 +219,9 @@ def resume_reading(self: TracedTransport) -> None:
 
 def close(self: TracedTransport) -> None:
     rec = self._rec
-    if not rec.eof:
-        rec.local_close = True
+    flags = rec._flags
+    if not flags & _EOF:  # we closed first (the flags' properties would cost a frame each)
+        rec._flags = flags | _LOCAL_CLOSE
     if rec.group.tcp_info:  # TCP_INFO: a TLS transport lets its socket go before the record closes
         rec.notify("on_closing", self._transport, False)
     self._transport.close()
@@ -228,7 +229,7 @@ def close(self: TracedTransport) -> None:
 
 def abort(self: TracedTransport) -> None:
     rec = self._rec
-    rec.aborted = True
+    rec._flags |= _ABORTED
     if rec.group.tcp_info:  # as in close()
         rec.notify("on_closing", self._transport, False)
     self._transport.abort()
@@ -473,28 +474,32 @@ def proxy_class_for(inner_cls: type) -> type:
 
 
 _new = object.__new__
-# Proxy class -> the __set__ of its own slots' descriptors: past the forwarding
-# __setattr__, and cheaper than object.__setattr__ (no attribute lookup by name).
-# (set _transport, set _wrapper, set _rec, has a _pipes slot)
-_slot_setters: dict[type, tuple[Any, ...]] = {}
+# Real transport class -> (proxy class, the __set__ of its _transport, _wrapper
+# and _rec slot descriptors, whether it has a _pipes slot). The setters go past
+# the forwarding __setattr__, and cost less than object.__setattr__ (no lookup
+# by name).
+_recipes: dict[type, tuple[Any, ...]] = {}
 
 
-def _setters_for(cls: type) -> tuple[Any, ...]:
-    setters = _slot_setters[cls] = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec")) + (
-        cls in _with_pipes,
-    )
-    return setters
+def _recipe_for(inner_cls: type) -> tuple[Any, ...]:
+    cls = proxy_class_for(inner_cls)
+    setters = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec"))
+    found = _recipes[inner_cls] = (cls, *setters, cls in _with_pipes)
+    return found
+
+
+def add_pipes(proxy: Any) -> None:
+    object.__setattr__(proxy, "_pipes", {})
 
 
 def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
-    cls = _classes.get(type(inner)) or proxy_class_for(type(inner))
-    set_transport, set_wrapper, set_rec, pipes = _slot_setters.get(cls) or _setters_for(cls)
+    cls, set_transport, set_wrapper, set_rec, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
     proxy: Any = _new(cls)
     set_transport(proxy, inner)
     set_wrapper(proxy, wrapper)
     set_rec(proxy, rec)
     if pipes:
-        object.__setattr__(proxy, "_pipes", {})
+        add_pipes(proxy)
     return proxy
 
 

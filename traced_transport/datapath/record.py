@@ -8,16 +8,16 @@ open, close) happens at most once per flow-control change or connection.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from ..report import report
 from . import abandoned as _abandoned
-from .classify import ConnKey, conn_key, key_for
-
-if TYPE_CHECKING:
-    from collections import deque
+from .classify import ConnKey
+from .classify import classify as _classify
 
 monotonic = time.monotonic
+_TransportRef = _abandoned.TransportRef
+_abandoned_gone = _abandoned.gone
 _new = object.__new__
 # Wall-clock time of a monotonic instant, for access logs and span timestamps,
 # without a second clock read per event.
@@ -53,7 +53,7 @@ class RegistryLike(Protocol):
     """What a record needs from its registry (``registry.Registry`` is one; no import of it here)."""
 
     _live: set[ConnectionRecord]
-    _ended: deque[ConnectionRecord]
+    _ended: list[ConnectionRecord]
 
     def _fold_now(self) -> None: ...
 
@@ -83,6 +83,10 @@ class Group:
         "_live",
         "_ended",
         "tcp_info",
+        "fixed_keys",
+        "listeners",
+        "open_hooks",
+        "eof_hooks",
     )
 
     def __init__(
@@ -103,6 +107,12 @@ class Group:
         self.parent_context = bool(getattr(observer, "parent_context", False))
         # (transport class, sockname shape, port) -> ConnKey; see classify.key_for.
         self.keys: dict[tuple[Any, ...], ConnKey] = {}
+        # Transport class -> the ConnKey of all this group's connections on it, while
+        # they come from one listening socket (see classify.classify): no per-connection lookup.
+        self.fixed_keys: dict[type, ConnKey] = {}
+        # (family, port) of the listening sockets serving this group, as the loop
+        # hooks see them; None once it also serves connections from elsewhere.
+        self.listeners: Optional[set[tuple[int, Optional[int]]]] = set()
         self._live = registry._live
         self._ended = registry._ended
         # Bound once: a connection calls them directly, not through getattr.
@@ -121,6 +131,28 @@ class Group:
         self.span_policy = span_policy
         # The observer reads TCP_INFO as connections end: it gets on_closing() while the socket is open.
         self.tcp_info = bool(getattr(observer, "tcp_info", False))
+        # One test per connection instead of one per optional step.
+        self.open_hooks = bool(capture_extra or self.on_open is not None)
+        self.eof_hooks = bool(self.timed_eof or (self.eof_event and self.on_event is not None))
+
+    def listening_on(self, sockets: Any) -> None:
+        """The loop hooks saw this group's factory serve ``sockets`` (None: something else, e.g. an accepted socket)."""
+        listeners = self.listeners
+        if listeners is None:
+            return
+        if sockets is None:
+            self.listeners = None
+        else:
+            for sock in sockets:
+                try:
+                    name = sock.getsockname()
+                    port = name[1] if type(name) is tuple and len(name) >= 2 else None
+                    listeners.add((int(sock.family), port))
+                except Exception:  # noqa: BLE001 - unknown: classify each connection
+                    self.listeners = None
+                    break
+        if self.listeners is None or len(self.listeners) > 1:
+            self.fixed_keys.clear()
 
 
 class _Rare:
@@ -173,6 +205,10 @@ def _rare_field(name: str, default: Any) -> property:
 
 
 _EOF, _LOCAL_CLOSE, _ABORTED = 1, 2, 4
+# A clean end's close_reason by its flags: aborted wins, then the peer's EOF unless we closed first.
+_REASON_BY_FLAGS = tuple(
+    ABORTED if flags & _ABORTED else EOF if flags & (_EOF | _LOCAL_CLOSE) == _EOF else CLOSED for flags in range(8)
+)
 
 
 def _flag(bit: int) -> property:
@@ -282,22 +318,34 @@ class ConnectionRecord:
         return end - self.opened_at
 
     def open(self, transport: Any) -> None:
-        """``transport`` is the real transport; observers get it too."""
+        """``transport`` is the real transport; observers get it too.
+
+        Once per connection, so kept to what counting needs: what only some
+        groups want (an observer's hook, the extra-info snapshot) is behind one
+        flag, and a listener's connections share their attribute set."""
         group = self.group
         self.opened_at = monotonic()
-        self._transport_ref = _abandoned.watch(self, transport)
         try:
-            self.key = key_for(group, transport)
-        except Exception as exc:  # noqa: BLE001
-            report("classify", exc)
-            self.key = conn_key(group, None)
+            ref = _TransportRef(transport, _abandoned_gone)
+        except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
+            self._transport_ref = _abandoned.strong(transport)
+        else:
+            ref.rec = self
+            self._transport_ref = ref
+        key = group.fixed_keys.get(type(transport))
+        self.key = key if key is not None else _classify(group, transport)
+        if _abandoned._pending:  # records whose transports were freed without connection_lost
+            _abandoned.drain()
+        group._live.add(self)
+        if group.open_hooks:
+            self._open_hooks(transport)
+
+    def _open_hooks(self, transport: Any) -> None:
+        group = self.group
         if group.capture_extra:
             from .extra import snapshot_extra
 
             self.extra = snapshot_extra(transport)
-        if _abandoned._pending:  # records whose transports were freed without connection_lost
-            _abandoned.drain()
-        group._live.add(self)
         if group.on_open is not None:
             try:
                 group.on_open(self, transport)
@@ -316,21 +364,14 @@ class ConnectionRecord:
             if rare.write_paused_since is not None:
                 self.writing_resumed()
         self.closed_at = monotonic()
-        if reason is not None:
-            self.close_reason = reason
-            self.error_type = reason if exc is None else type(exc).__name__
-            if reason == TLS_FAILED:
-                self.error_type = TLS_FAILED
-        elif exc is not None:
-            self.close_reason = RESET if isinstance(exc, _RESET_ERRORS) else ERROR
-            self.error_type = type(exc).__name__
-        elif self._flags & _ABORTED:
-            self.close_reason = ABORTED
-            self.error_type = ABORTED
-        elif self._flags & (_EOF | _LOCAL_CLOSE) == _EOF:
-            self.close_reason = EOF
+        if exc is None and reason is None:
+            # A clean end: the reason follows from the flags alone (one lookup).
+            flags = self._flags
+            self.close_reason = _REASON_BY_FLAGS[flags]
+            if flags & _ABORTED:
+                self.error_type = ABORTED
         else:
-            self.close_reason = CLOSED
+            self._ended_with(exc, reason)
         group = self.group
         if group.tcp_info:  # TCP_INFO (telemetry/tcp_info.py): the last moment the socket is surely open
             self.notify("on_closing", self.transport, True)
@@ -349,6 +390,16 @@ class ConnectionRecord:
         # Kept until the observer is done: it may read get_extra_info (or TCP_INFO) at close.
         # Dropping the weak reference drops its abandoned-transport callback with it.
         self._transport_ref = None
+
+    def _ended_with(self, exc: Optional[BaseException], reason: Optional[str]) -> None:
+        if reason is not None:
+            self.close_reason = reason
+            self.error_type = reason if exc is None else type(exc).__name__
+            if reason == TLS_FAILED:
+                self.error_type = TLS_FAILED
+        else:
+            self.close_reason = RESET if isinstance(exc, _RESET_ERRORS) else ERROR
+            self.error_type = type(exc).__name__
 
     # -- flow-control transitions -----------------------------------------
     # Each returns without effect when the state does not change: a repeated

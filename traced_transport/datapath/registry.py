@@ -12,13 +12,21 @@ loop folds the queue itself, without waiting, when nobody reads it for long.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper, in every CPython
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Optional
 
 from . import abandoned as _abandoned
 from .classify import ConnKey
 from .record import ConnectionRecord, monotonic
+
+_key_of = attrgetter("key")
+_rx_of = attrgetter("rx")
+_tx_of = attrgetter("tx")
+_reason_of = attrgetter("close_reason")
+_rare_of = attrgetter("_rare")
 
 
 @dataclass
@@ -92,38 +100,47 @@ class Registry:
         # the loop when the queue is long (without waiting for it).
         self._lock = threading.Lock()
         self._live: set[ConnectionRecord] = set()
-        self._ended: deque[ConnectionRecord] = deque()
+        self._ended: list[ConnectionRecord] = []
         self._closed: dict[ConnKey, Totals] = {}
 
     def _fold(self, folded: Optional[set[int]] = None) -> None:
         """Under the lock: ended records into the closed totals (their ids into ``folded``).
 
-        Once per connection, batched: Totals.add_counts is inlined."""
-        popleft = self._ended.popleft
+        Once per connection, so summed in batches by C-level iteration (sum over
+        map) rather than a Python loop over the records; the loop appending
+        meanwhile only adds past the batch taken."""
+        ended = self._ended
+        n = len(ended)
+        if not n:
+            return
+        batch = ended[:n]
+        del ended[:n]
+        if folded is not None:
+            folded.update(map(id, batch))
+        keys = set(map(_key_of, batch))
+        if len(keys) == 1:
+            groups: Iterable[tuple[ConnKey, list[ConnectionRecord]]] = ((keys.pop(), batch),)
+        else:
+            by_key: dict[ConnKey, list[ConnectionRecord]] = {}
+            for rec in batch:
+                by_key.setdefault(rec.key, []).append(rec)
+            groups = by_key.items()
         closed = self._closed
-        while True:
-            try:
-                rec = popleft()
-            except IndexError:
-                return
-            if folded is not None:
-                folded.add(id(rec))
-            t = closed.get(rec.key)
+        for key, recs in groups:
+            t = closed.get(key)
             if t is None:
-                t = closed[rec.key] = Totals()
-            t.opened += 1
-            t.closed += 1
-            t.rx += rec.rx
-            t.tx += rec.tx
-            rare = rec._rare
-            if rare is not None:
+                t = closed[key] = Totals()
+            count = len(recs)
+            t.opened += count
+            t.closed += count
+            t.rx += sum(map(_rx_of, recs))
+            t.tx += sum(map(_tx_of, recs))
+            _count_elements(t.close_reasons, map(_reason_of, recs))
+            for rare in filter(None, map(_rare_of, recs)):  # the few that ever paused
                 t.read_pauses += rare.read_pauses
                 t.write_pauses += rare.write_pauses
                 t.read_paused_s += rare.read_paused_s
                 t.write_paused_s += rare.write_paused_s
-            reasons = t.close_reasons
-            reason = rec.close_reason
-            reasons[reason] = reasons.get(reason, 0) + 1
 
     def _fold_now(self) -> None:
         """On the loop, when the queue is long: fold it unless a reader is at it."""

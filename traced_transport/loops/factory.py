@@ -87,22 +87,22 @@ def _admit_name(name: str) -> None:
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "_last", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_app_cls", "_loop_cls", "_make", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # (app class, loop class, wrapper class's _for) of the last connection:
+        # The app class, loop class and wrapper class's _for of the last connection:
         # a factory nearly always makes one class of protocol on one kind of loop.
-        self._last: tuple[Optional[type], Optional[type], Any] = (None, None, None)
+        self._app_cls: Optional[type] = None
+        self._loop_cls: Optional[type] = None
+        self._make: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
-        loop = _get_running_loop()
-        app_cls, loop_cls, make = self._last
-        if type(app) is app_cls and type(loop) is loop_cls:
-            return make(app, self.group)
-        return self._first(app, loop)
+        if type(app) is self._app_cls and type(_get_running_loop()) is self._loop_cls:
+            return self._make(app, self.group)
+        return self._first(app, _get_running_loop())
 
     def _first(self, app: Any, loop: Any) -> Any:
         # A new app class or loop: check the loop's hooks, find the wrapper class once.
@@ -111,7 +111,7 @@ class TracedProtocolFactory:
         rec = ConnectionRecord(self.group)
         cls: Any = _protocols.wrapper_class(app, rec, loop)  # built at run time: has _for
         if loop is not None:
-            self._last = (type(app), type(loop), cls._for)
+            self._app_cls, self._loop_cls, self._make = type(app), type(loop), cls._for
         return cls(app, rec)
 
     def __repr__(self) -> str:
