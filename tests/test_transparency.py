@@ -431,7 +431,7 @@ def test_forwarders_pass_exactly_the_arguments_given():
             self.calls.append(("sendto", args))
 
     inner = Recording()
-    proxy = make_proxy(inner, None, ConnectionRecord(Group("t", "client", tt.Registry())))
+    proxy = make_proxy(inner, ConnectionRecord(Group("t", "client", tt.Registry())))
     proxy.get_extra_info("sockname")
     proxy.get_extra_info("peername", 1)
     proxy.sendto(b"x")

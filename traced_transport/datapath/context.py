@@ -53,7 +53,7 @@ def _in_span_context(method: Callable[..., Any]) -> Callable[..., Any]:
 def _connection_made(self: Any, transport: Any) -> None:
     # The base class's, with the app's callback through _made (run in the span's context).
     rec = self._rec
-    proxy = self._proxy = make_proxy(transport, self, rec)
+    proxy = self._proxy = make_proxy(transport, rec)
     rec.open(transport)
     self._made(proxy)
 

@@ -22,9 +22,7 @@ _make_proxy = _proxy.make_proxy
 _proxy_recipes = _proxy._recipes
 _proxy_recipe_for = _proxy._recipe_for
 _new = object.__new__
-_new_record = ConnectionRecord._fast
 _EOF = 1  # record._flags bit (record.py)
-_set = object.__setattr__  # the proxy's own slot, past its forwarding __setattr__
 
 
 class _Wrapper:
@@ -42,24 +40,12 @@ class _Wrapper:
         self._rec = rec  # type: ignore[misc]  # the slots are the concrete classes' (_SLOTS)
         self._proxy = None
 
-    @classmethod
-    def _for(cls, app: Any, group: Any) -> _Wrapper:
-        """``cls(app, ConnectionRecord(group))`` without two type calls (once per connection)."""
-        wrapper = _new(cls)
-        wrapper._app = app
-        wrapper._rec = _new_record(group)  # type: ignore[misc]  # as in __init__
-        wrapper._proxy = None
-        return wrapper
-
     def connection_made(self, transport: Any) -> None:
         rec = self._rec
-        # make_proxy(transport, self, rec), without its frame: once per connection.
-        cls, set_transport, set_wrapper, set_rec, pipes = _proxy_recipes.get(type(transport)) or _proxy_recipe_for(
-            type(transport)
-        )
+        # make_proxy(transport, rec), without its frame: once per connection.
+        cls, set_transport, set_rec, pipes = _proxy_recipes.get(type(transport)) or _proxy_recipe_for(type(transport))
         proxy = self._proxy = _new(cls)
         set_transport(proxy, transport)
-        set_wrapper(proxy, self)
         set_rec(proxy, rec)
         if pipes:
             _proxy.add_pipes(proxy)
@@ -73,19 +59,7 @@ class _Wrapper:
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._rec.close(exc)
-        proxy = self._proxy
-        if proxy is not None and proxy._wrapper is self:
-            _set(proxy, "_wrapper", None)  # see _detach
         self._app.connection_lost(exc)
-
-    def _detach(self) -> None:
-        # Break proxy -> wrapper (the wrapper keeps its proxy: create_connection
-        # may still need it to return) so that, once the transport lets go of
-        # us, the proxy, this wrapper and the app's protocol are freed by
-        # refcounting alone, as they would be unwrapped.
-        proxy = self._proxy
-        if proxy is not None and proxy._wrapper is self:
-            _set(proxy, "_wrapper", None)
 
     def _replace_app(self, protocol: Any, proxy: Any) -> None:
         """``proxy.set_protocol(protocol)``: keep this wrapper if the read path is the same."""
@@ -96,7 +70,6 @@ class _Wrapper:
         new = cls(protocol, self._rec)
         new._proxy = proxy
         self._proxy = None
-        proxy._wrapper = new
         proxy._transport.set_protocol(new)
 
     def __repr__(self) -> str:
@@ -219,10 +192,6 @@ class _AlreadyTraced:
     def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:
         return app
 
-    @staticmethod
-    def _for(app: Any, group: Any) -> Any:
-        return app
-
 
 _class_cache: dict[tuple[type, type], type] = {}
 
@@ -246,8 +215,13 @@ def wrapper_class_for(app: Any, loop: Any = None) -> type:
 
 def wrapper_class(app: Any, rec: ConnectionRecord, loop: Any = None) -> type:
     """The wrapper class for ``app`` in ``rec``'s group (its span-context variant if opted in)."""
+    return wrapper_class_in(rec.group, app, loop)
+
+
+def wrapper_class_in(group: Any, app: Any, loop: Any = None) -> type:
+    """The wrapper class for ``app`` in ``group`` (its span-context variant if opted in)."""
     cls = wrapper_class_for(app, loop)
-    if rec.group.parent_context and cls is not _AlreadyTraced:
+    if group.parent_context and cls is not _AlreadyTraced:
         from .context import context_variant
 
         cls = context_variant(cls)

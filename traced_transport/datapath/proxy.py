@@ -60,7 +60,7 @@ def _nbytes(data: Any) -> int:
             return 0
 
 
-_OWN_SLOTS = frozenset({"_transport", "_wrapper", "_rec", "_pipes"})
+_OWN_SLOTS = frozenset({"_transport", "_rec", "_pipes"})
 
 
 class TracedTransport:
@@ -68,7 +68,6 @@ class TracedTransport:
 
     __slots__ = ()
     _transport: Any
-    _wrapper: Any
     _rec: ConnectionRecord
     _pipes: dict[int, Any]  # subprocess transports' proxies only: fd -> pipe proxy
 
@@ -235,8 +234,26 @@ def abort(self: TracedTransport) -> None:
     self._transport.abort()
 
 
+def wrapper_of(proxy: TracedTransport) -> Any:
+    """Our wrapping protocol installed for ``proxy``'s open connection, or None.
+
+    Found through the real transport rather than kept on the proxy: the proxy
+    then holds nothing but the transport and the record (no proxy <-> wrapper
+    cycle, one field less to set per connection)."""
+    rec = proxy._rec
+    if rec.closed_at is not None:
+        return None
+    try:
+        protocol = proxy._transport.get_protocol()
+    except Exception:  # noqa: BLE001 - a transport without one: nothing of ours there
+        return None
+    if getattr(type(protocol), "_traced_wrapper", False) and protocol._rec is rec:
+        return protocol
+    return None
+
+
 def set_protocol(self: TracedTransport, protocol: Any) -> None:
-    wrapper = self._wrapper
+    wrapper = wrapper_of(self)
     if wrapper is None:
         # Connection over, or a pipe of a subprocess: nothing of ours in between.
         self._transport.set_protocol(protocol)
@@ -269,7 +286,7 @@ def get_pipe_transport(self: TracedTransport, fd: int) -> Any:
     cache = self._pipes
     proxy = cache.get(fd)
     if proxy is None or proxy._transport is not pipe:
-        proxy = make_proxy(pipe, None, self._rec)
+        proxy = make_proxy(pipe, self._rec)
         cache[fd] = proxy
     return proxy
 
@@ -421,7 +438,7 @@ def proxy_class_for(inner_cls: type) -> type:
         return cls
     bases = _bases_for(inner_cls)
     # The proxy's own state; __weakref__ because a real transport can be weakly referenced, so the proxy must be too.
-    slots = ["_transport", "_wrapper", "_rec", "__weakref__"]
+    slots = ["_transport", "_rec", "__weakref__"]
     ns: dict[str, Any] = {"__module__": __name__, "__doc__": f"Traced proxy over {inner_cls.__qualname__}."}
     if hasattr(inner_cls, "get_pipe_transport"):
         slots.append("_pipes")  # subprocess transports: one proxy per pipe, handed out again on each call
@@ -474,8 +491,8 @@ def proxy_class_for(inner_cls: type) -> type:
 
 
 _new = object.__new__
-# Real transport class -> (proxy class, the __set__ of its _transport, _wrapper
-# and _rec slot descriptors, whether it has a _pipes slot). The setters go past
+# Real transport class -> (proxy class, the __set__ of its _transport and _rec
+# slot descriptors, whether it has a _pipes slot). The setters go past
 # the forwarding __setattr__, and cost less than object.__setattr__ (no lookup
 # by name).
 _recipes: dict[type, tuple[Any, ...]] = {}
@@ -483,7 +500,7 @@ _recipes: dict[type, tuple[Any, ...]] = {}
 
 def _recipe_for(inner_cls: type) -> tuple[Any, ...]:
     cls = proxy_class_for(inner_cls)
-    setters = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_wrapper", "_rec"))
+    setters = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_rec"))
     found = _recipes[inner_cls] = (cls, *setters, cls in _with_pipes)
     return found
 
@@ -492,11 +509,10 @@ def add_pipes(proxy: Any) -> None:
     object.__setattr__(proxy, "_pipes", {})
 
 
-def make_proxy(inner: Any, wrapper: Any, rec: ConnectionRecord) -> Any:
-    cls, set_transport, set_wrapper, set_rec, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
+def make_proxy(inner: Any, rec: ConnectionRecord) -> Any:
+    cls, set_transport, set_rec, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
     proxy: Any = _new(cls)
     set_transport(proxy, inner)
-    set_wrapper(proxy, wrapper)
     set_rec(proxy, rec)
     if pipes:
         add_pipes(proxy)

@@ -274,27 +274,6 @@ class ConnectionRecord:
         self._rare: Optional[_Rare] = None
         self.eof_at: Optional[float] = None
 
-    @classmethod
-    def _fast(cls, group: Group) -> ConnectionRecord:
-        """``ConnectionRecord(group)`` without the type call's ``__init__`` lookup and frame.
-
-        Once per connection. Sets the same fields as ``__init__`` (a test checks)."""
-        rec = _new(cls)
-        rec.group = group
-        rec.key = None  # type: ignore[assignment]  # as in __init__
-        rec.rx = 0
-        rec.tx = 0
-        rec.opened_at = 0.0
-        rec.closed_at = None
-        rec.close_reason = None
-        rec.error_type = None
-        rec.state = None
-        rec._transport_ref = None
-        rec._flags = 0
-        rec._rare = None
-        rec.eof_at = None
-        return rec
-
     def _rare_fields(self) -> _Rare:
         rare = self._rare
         if rare is None:

@@ -84,35 +84,64 @@ def _admit_name(name: str) -> None:
         _names.add(name)
 
 
+_new = object.__new__
+
+
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "_app_cls", "_loop_cls", "_make", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_app_cls", "_loop_cls", "_wrapper_cls", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # The app class, loop class and wrapper class's _for of the last connection:
-        # a factory nearly always makes one class of protocol on one kind of loop.
+        # The app class and loop class of the last connection, and the wrapper
+        # class for them (None: the app's protocol is traced already): a factory
+        # nearly always makes one class of protocol on one kind of loop.
         self._app_cls: Optional[type] = None
         self._loop_cls: Optional[type] = None
-        self._make: Any = None
+        self._wrapper_cls: Optional[type] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.protocol_factory(*args, **kwargs)
-        if type(app) is self._app_cls and type(_get_running_loop()) is self._loop_cls:
-            return self._make(app, self.group)
-        return self._first(app, _get_running_loop())
+        cls = self._wrapper_cls
+        if type(app) is not self._app_cls or type(_get_running_loop()) is not self._loop_cls:
+            cls = self._learn(app, _get_running_loop())
+        if cls is None:
+            return app
+        # The wrapper and ConnectionRecord(group), made here without a type call
+        # or frame each: once per connection. The record's fields are __init__'s
+        # (a test compares them).
+        rec = _new(ConnectionRecord)
+        rec.group = self.group
+        rec.key = None  # type: ignore[assignment]  # set when it opens
+        rec.rx = 0
+        rec.tx = 0
+        rec.opened_at = 0.0
+        rec.closed_at = None
+        rec.close_reason = None
+        rec.error_type = None
+        rec.state = None
+        rec._transport_ref = None
+        rec._flags = 0
+        rec._rare = None
+        rec.eof_at = None
+        wrapper: Any = _new(cls)
+        wrapper._app = app
+        wrapper._rec = rec
+        wrapper._proxy = None
+        return wrapper
 
-    def _first(self, app: Any, loop: Any) -> Any:
+    def _learn(self, app: Any, loop: Any) -> Optional[type]:
         # A new app class or loop: check the loop's hooks, find the wrapper class once.
         if loop is not None and type(loop) not in patches._seen:
             patches.ensure(type(loop))
-        rec = ConnectionRecord(self.group)
-        cls: Any = _protocols.wrapper_class(app, rec, loop)  # built at run time: has _for
+        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app, loop)
+        if cls is _protocols._AlreadyTraced:
+            cls = None
         if loop is not None:
-            self._app_cls, self._loop_cls, self._make = type(app), type(loop), cls._for
-        return cls(app, rec)
+            self._app_cls, self._loop_cls, self._wrapper_cls = type(app), type(loop), cls
+        return cls
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"

@@ -78,7 +78,7 @@ def _map_pair(pair: Any) -> Any:
     if isinstance(protocol, _protocols._Wrapper):
         proxy = protocol._proxy
         if proxy is None:  # connection_made not called (yet): make it now
-            proxy = protocol._proxy = _proxy.make_proxy(transport, protocol, protocol._rec)
+            proxy = protocol._proxy = _proxy.make_proxy(transport, protocol._rec)
         return proxy, protocol._app
     return pair
 
@@ -275,7 +275,7 @@ async def _start_tls(
 ) -> Any:
     inner = proxy._transport
     rec = proxy._rec
-    old = proxy._wrapper
+    old = _proxy.wrapper_of(proxy)
     if old is None or rec.closed_at is not None:
         return await original(loop, inner, protocol, sslcontext, *args, **kwargs)
     # Upgrade the real transport (uvloop accepts nothing else) with a fresh
@@ -300,8 +300,7 @@ async def _start_tls(
         # start_tls may return None (the connection was lost meanwhile, or a
         # test double): so does this, rather than a proxy over None.
         return None
-    old._detach()
-    upgraded = _proxy.make_proxy(app_transport, new, rec)
+    upgraded = _proxy.make_proxy(app_transport, rec)
     new._proxy = upgraded
     if rec.group.capture_extra:
         from ..datapath.extra import snapshot_extra
