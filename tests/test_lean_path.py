@@ -96,3 +96,83 @@ def test_factory_follows_a_change_of_app_class(run):
         return type(first).__name__, type(second).__name__
 
     assert run(main) == ("PlainWrapper", "BufferedWrapper")
+
+
+async def _one_connection(port: int, host: str = "127.0.0.1") -> None:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(Collect, host, port)
+    transport.write(b"abc")
+    transport.close()
+    await proto.lost
+
+
+class _Apps(list):
+    """A protocol factory that keeps what it made, so a test can await their ends."""
+
+    def __call__(self) -> Collect:
+        self.append(Collect())
+        return self[-1]
+
+    async def all_lost(self) -> None:
+        for app in self:
+            await app.lost
+
+
+def test_one_listener_fixes_the_attribute_set_and_two_keep_classifying(run):
+    registry = tt.Registry()
+    apps = _Apps()
+    one = tt.traced(apps, name="one", registry=registry)
+    two = tt.traced(apps, name="two", registry=registry)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        s1 = await loop.create_server(one, "127.0.0.1", 0)
+        s2a = await loop.create_server(two, "127.0.0.1", 0)
+        s2b = await loop.create_server(two, "127.0.0.1", 0)
+        ports = [s.sockets[0].getsockname()[1] for s in (s1, s2a, s2b)]
+        for port in (ports[0], ports[0], ports[1], ports[2], ports[1]):
+            await _one_connection(port)
+        await apps.all_lost()
+        for s in (s1, s2a, s2b):
+            await closed(s)
+        return ports
+
+    ports = run(main)
+    # One listener: its connections' attribute set is kept per transport class.
+    assert one.group.listeners is not None and len(one.group.listeners) == 1
+    (fixed,) = one.group.fixed_keys.values()
+    assert (fixed.name, fixed.network_transport, fixed.network_type, fixed.server_port) == ("one", "tcp", "ipv4", ports[0])
+    # Two listeners: nothing fixed, each connection counted under its own port.
+    assert len(two.group.listeners) == 2 and not two.group.fixed_keys
+    snapshot = registry.snapshot()
+    by_port = {k.server_port: t.closed for k, t in snapshot.closed.items() if k.name == "two"}
+    assert by_port == {ports[1]: 2, ports[2]: 1}
+    assert {k.server_port: t.closed for k, t in snapshot.closed.items() if k.name == "one"} == {ports[0]: 2}
+
+
+def test_an_accepted_socket_makes_its_group_classify_every_connection(run):
+    import socket
+
+    registry = tt.Registry()
+    apps = _Apps()
+    factory = tt.traced(apps, name="accepted", registry=registry)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        connecting = asyncio.ensure_future(_one_connection(port))
+        sock, _ = await loop.sock_accept(listener)
+        await loop.connect_accepted_socket(factory, sock)
+        await connecting
+        await apps.all_lost()
+        listener.close()
+        await closed(server)
+        return port
+
+    port = run(main)
+    assert factory.group.listeners is None and not factory.group.fixed_keys
+    (key,) = registry.snapshot().closed
+    assert key.server_port == port
