@@ -117,9 +117,9 @@ class Registry:
         del ended[:n]
         if folded is not None:
             folded.update(map(id, batch))
-        keys = set(map(_key_of, batch))
-        if len(keys) == 1:
-            groups: Iterable[tuple[ConnKey, list[ConnectionRecord]]] = ((keys.pop(), batch),)
+        keys = list(map(_key_of, batch))
+        if keys.count(keys[0]) == n:  # one attribute set (interned: compared by identity first)
+            groups: Iterable[tuple[ConnKey, list[ConnectionRecord]]] = ((keys[0], batch),)
         else:
             by_key: dict[ConnKey, list[ConnectionRecord]] = {}
             for rec in batch:
