@@ -110,20 +110,21 @@ def _make_factory_taking(original: Any, name: str) -> Any:
             result = await _uvloop_tls_client.connect(original, self, name, args, kwargs, _watch_handshake)
             return _map_pair(result)
         result = await original(self, *args, **kwargs)
-        if side == "server":
-            _tell_listeners(name, args, kwargs, result)
+        _tell_listeners(name, args, kwargs, result)
         return _map_pair(result) if pair else result
 
     return method
 
 
 def _tell_listeners(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
-    """A traced factory's group learns which sockets it serves (its connections then share their attributes)."""
+    """A traced factory's group learns which sockets it serves (its connections then share their attributes).
+
+    Any other use of the factory (an accepted socket, an outgoing connection,
+    a pipe) makes its group classify every connection from then on."""
     factory = args[0] if args else kwargs.get("protocol_factory")
     if not isinstance(factory, _factory_mod.TracedProtocolFactory):
         return
     try:
-        # A server's listening sockets; an accepted socket is none of them.
         sockets = getattr(result, "sockets", None) if name in ("create_server", "create_unix_server") else None
         factory.group.listening_on(sockets)
     except Exception as exc:  # noqa: BLE001
