@@ -42,8 +42,9 @@ from functools import reduce
 from operator import add
 from typing import Any, NamedTuple, Optional
 
-# How many values an attribute set's pending list holds before the loop folds them in itself.
-MAX_PENDING = 4096
+# How many values an attribute set's pending list holds before the loop folds them in itself. Up to
+# 256, len() answers with a cached int instead of a new one; a small batch also sorts cheaper per value.
+MAX_PENDING = 255
 # Below this many values a fold counts them one by one; from it on, sorting them first is cheaper.
 _BATCH = 16
 
