@@ -158,49 +158,62 @@ class HistogramAggregate:
         # Under the lock. The copy and the deletion are one C call each: a value the
         # loop appends between them is past the copied prefix and stays for the next fold.
         for key, values in self._pending.items():
-            if not values:
-                continue
-            batch = values[:]
-            del values[: len(batch)]
-            attributes = self._attributes[key]
-            self._add_batch(self._points, key, attributes, batch)
-            for interval in self._intervals:
-                self._add_batch(interval[0], key, attributes, batch)
+            if values:
+                batch = values[:]
+                del values[: len(batch)]
+                self._add_batch(key, self._attributes[key], batch)
 
-    def _add_batch(
-        self, points: dict[Hashable, HistogramPoint], key: Hashable, attributes: dict[str, Any], batch: list[float]
-    ) -> None:
-        """``_add`` for each value of ``batch`` in order; for a large batch, with the per-value work done in C."""
+    def _add_batch(self, key: Hashable, attributes: dict[str, Any], batch: list[float]) -> None:
+        """``_add`` of each value of ``batch`` in order, to the cumulative point and each interval's;
+        for a large batch, with the per-value work done in C."""
+        size = len(self.bounds) + 1
+        points = [self._points.get(key) or self._points.setdefault(key, HistogramPoint(attributes, size))]
+        for interval in self._intervals:
+            points.append(interval[0].get(key) or interval[0].setdefault(key, HistogramPoint(attributes, size)))
         if len(batch) >= _BATCH:
-            point = points.get(key)
-            if point is None:
-                point = points[key] = HistogramPoint(attributes, len(self.bounds) + 1)
-            total = _sum_in_order(batch, point.sum)
-            # A NaN (here or counted earlier) leaves the sorted order meaningless: those take the loop below.
-            if total == total:
-                point.sum = total
-                ordered = sorted(batch)
-                counts = point.counts
-                # A value falls in the first bucket whose bound it does not exceed (bisect_left on the
-                # bounds), so a bucket counts the values up to its bound less those up to the previous one.
-                below = 0
-                for i, bound in enumerate(self.bounds):
-                    upto = bisect_right(ordered, bound)
-                    counts[i] += upto - below
-                    below = upto
-                counts[-1] += len(ordered) - below
-                # The sort is stable: of equal values (0.0 and -0.0) the first recorded is the one ``<`` and ``>``
-                # per value would have kept.
-                low = ordered[0]
-                high = ordered[bisect_left(ordered, ordered[-1])]
-                if low < point.min:
-                    point.min = low
-                if high > point.max:
-                    point.max = high
+            totals = [_sum_in_order(batch, point.sum) for point in points]
+            # A NaN (in the batch or counted earlier) leaves min, max and the sorted order meaningless:
+            # those batches take the loop below.
+            if totals[0] == totals[0]:
+                # The first of equal values (0.0 and -0.0), as ``<`` and ``>`` per value keep it.
+                low = min(batch)
+                high = max(batch)
+                bounds = self.bounds
+                first = bisect_left(bounds, low)
+                if first == bisect_left(bounds, high):
+                    # All in one bucket (short connections often are): no sort.
+                    added = [(first, len(batch))]
+                else:
+                    # A value counts in the first bucket whose bound it does not exceed (bisect_left on
+                    # the bounds): a bucket gets the values up to its bound less those up to the previous one.
+                    batch.sort()
+                    added = []
+                    below = 0
+                    for i in range(first, bisect_left(bounds, high)):
+                        upto = bisect_right(batch, bounds[i])
+                        added.append((i, upto - below))
+                        below = upto
+                    added.append((bisect_left(bounds, high), len(batch) - below))
+                for point, total in zip(points, totals):
+                    point.sum = total
+                    counts = point.counts
+                    for i, n in added:
+                        counts[i] += n
+                    if low < point.min:
+                        point.min = low
+                    if high > point.max:
+                        point.max = high
                 return
         bounds = self.bounds
         for value in batch:
-            self._add(points, bisect_left(bounds, value), value, key, attributes)
+            i = bisect_left(bounds, value)
+            for point in points:
+                point.counts[i] += 1
+                point.sum += value
+                if value < point.min:
+                    point.min = value
+                if value > point.max:
+                    point.max = value
 
     def _add(
         self, points: dict[Hashable, HistogramPoint], i: int, value: float, key: Hashable, attributes: dict[str, Any]
