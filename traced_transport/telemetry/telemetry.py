@@ -233,9 +233,10 @@ class Telemetry:
         # Per ConnKey, the duration aggregate's pending list for its connections without error
         # (error.type, cipher and TLS version all None): on_close's fast path appends there.
         self._clean_durations: dict[ConnKey, list[float]] = {}
+        # The last of them used, with its key: most listeners have one attribute set, and an identity
+        # test costs less than hashing a ConnKey.
+        self._last_clean: tuple[Optional[ConnKey], list[float]] = (None, [])
         self._set_fast_close()
-        # No more attributes past this point without a look at test_telemetry_keeps_inline_attributes:
-        # from 31 on, CPython stops specializing attribute access on the instance, which every hook pays.
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -651,9 +652,8 @@ class Telemetry:
                 return self._on_close(rec, exc)
         elif not duration <= self._fast_close_up_to:  # so that a NaN takes the general path
             return self._on_close(rec, exc)
-        try:
-            values = self._clean_durations[rec.key]
-        except KeyError:
+        key, values = self._last_clean
+        if key is not rec.key:
             values = self._clean_duration_values(rec.key)
         values.append(duration)
         if len(values) > MAX_PENDING:
@@ -662,8 +662,13 @@ class Telemetry:
 
     def _clean_duration_values(self, key: ConnKey) -> list[float]:
         """The duration aggregate's pending list for ``key``'s connections without error (made on first use)."""
-        cache_key = (key, None, None, None)
-        values = self._clean_durations[key] = self._duration[1].pending(cache_key, self._attributes_for(cache_key))
+        values = self._clean_durations.get(key)
+        if values is None:
+            cache_key = (key, None, None, None)
+            values = self._duration[1].pending(cache_key, self._attributes_for(cache_key))
+            self._clean_durations[key] = values
+        # One tuple, so that another thread never reads one connection's key with another's list.
+        self._last_clean = (key, values)
         return values
 
     def _on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
