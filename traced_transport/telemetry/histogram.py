@@ -175,25 +175,22 @@ class HistogramAggregate:
             # A NaN (in the batch or counted earlier) leaves min, max and the sorted order meaningless:
             # those batches take the loop below.
             if totals[0] == totals[0]:
-                # The first of equal values (0.0 and -0.0), as ``<`` and ``>`` per value keep it.
-                low = min(batch)
-                high = max(batch)
+                batch.sort()
+                # The sort is stable: of equal values (0.0 and -0.0) the first recorded comes first, the one
+                # ``<`` and ``>`` per value keep.
+                low = batch[0]
+                high = batch[bisect_left(batch, batch[-1])]
                 bounds = self.bounds
-                first = bisect_left(bounds, low)
-                if first == bisect_left(bounds, high):
-                    # All in one bucket (short connections often are): no sort.
-                    added = [(first, len(batch))]
-                else:
-                    # A value counts in the first bucket whose bound it does not exceed (bisect_left on
-                    # the bounds): a bucket gets the values up to its bound less those up to the previous one.
-                    batch.sort()
-                    added = []
-                    below = 0
-                    for i in range(first, bisect_left(bounds, high)):
-                        upto = bisect_right(batch, bounds[i])
-                        added.append((i, upto - below))
-                        below = upto
-                    added.append((bisect_left(bounds, high), len(batch) - below))
+                last = bisect_left(bounds, high)
+                # A value counts in the first bucket whose bound it does not exceed (bisect_left on the
+                # bounds): a bucket gets the values up to its bound less those up to the previous one.
+                added = []
+                below = 0
+                for i in range(bisect_left(bounds, low), last):
+                    upto = bisect_right(batch, bounds[i])
+                    added.append((i, upto - below))
+                    below = upto
+                added.append((last, len(batch) - below))
                 for point, total in zip(points, totals):
                     point.sum = total
                     counts = point.counts
