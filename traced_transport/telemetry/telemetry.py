@@ -71,6 +71,9 @@ PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 6
 
 access_logger = logging.getLogger("traced_transport.access")
 
+# Matches no record's key (a record's key being None must not reach the placeholder list).
+_NO_KEY = object()
+
 # The settings on_close's fast path depends on (see Telemetry._set_fast_close).
 _FAST_CLOSE_INPUTS = frozenset(("access_log", "spans", "parent_context", "_tcp", "span_policy", "_histogram_readers"))
 
@@ -235,12 +238,12 @@ class Telemetry:
         self._clean_durations: dict[ConnKey, list[float]] = {}
         # The last of them used, with its key: most listeners have one attribute set, and an identity
         # test costs less than hashing a ConnKey.
-        self._last_clean: tuple[Optional[ConnKey], list[float]] = (None, [])
+        self._last_clean: tuple[object, list[float]] = (_NO_KEY, [])
         self._set_fast_close()
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        # hasattr, not self.__dict__: reading __dict__ would end the fast attribute access for good.
+        # hasattr, not self.__dict__: reading __dict__ turns CPython's inline attribute values into a dict.
         if name in _FAST_CLOSE_INPUTS and hasattr(self, "_fast_close_up_to"):
             self._set_fast_close()
 
@@ -331,7 +334,7 @@ class Telemetry:
         """A reader that collects ``self.histograms`` itself was attached (or detached).
 
         Called by ``traced_transport.exporters.histograms``. While at least one is attached, a
-        connection's end costs a bisect instead of an SDK ``record()``. Values
+        connection's end costs a list append instead of an SDK ``record()``. Values
         still pending are dropped then: the aggregates hold them already.
         """
         with self._cache_lock:
