@@ -42,10 +42,11 @@ from functools import reduce
 from operator import add
 from typing import Any, NamedTuple, Optional
 
-# How many values an attribute set's pending list holds before the loop folds them in itself. Up to
-# 256, len() answers with a cached int instead of a new one; a small batch also sorts cheaper per value.
+# How many values an attribute set's pending list holds before the loop folds them in itself: small
+# enough that the len() checking it returns one of CPython's cached small ints instead of a new int,
+# and a small batch sorts cheaper per value.
 MAX_PENDING = 255
-# Below this many values a fold counts them one by one; from it on, sorting them first is cheaper.
+# Below this many values a fold counts them one by one; from it on, the sort's fixed cost pays off.
 _BATCH = 16
 
 if sys.version_info < (3, 12):
