@@ -1,6 +1,7 @@
 """Hand traced_transport's loop-side histogram aggregates straight to SDK metric readers.
 
-``Telemetry`` aggregates the four histograms itself (a bisect per value, see
+``Telemetry`` aggregates the four histograms itself (a list append per value on
+the loop, folded into bucket counts when read, see
 ``traced_transport.telemetry.histogram``). Once a reader is attached here, every
 collection of that reader gets those points merged into its ``MetricsData``
 as ordinary OpenTelemetry histograms (same name, unit, description, scope and

@@ -15,6 +15,16 @@ attaches one to a value counted earlier (a span decided when the connection
 ends). ``record`` is untouched by them: a connection without a kept span pays
 nothing for exemplars.
 
+``record`` takes no lock and does no bisect: it appends the value to its
+attribute set's pending list, which ``fold`` empties into the points under the
+lock, in one batch per list, before anything reads or writes the points
+(``points``, the exemplar methods, ``open_interval``). The loop folds too when a
+list grows past ``max_pending``, so memory stays bounded without a reader. A
+list is only ever appended to without the lock and emptied from the front
+under it, so a fold running beside the loop neither loses nor repeats a value;
+each list keeps its values in recording order, so sums come out bit for bit as
+if each value had been added when recorded.
+
 Who reads it: ``traced_transport.exporters.histograms.attach(reader)`` merges these points into
 what an SDK metric reader collects. Until a reader is attached, Telemetry also
 hands every value to the API histogram, so an app with its own SDK set-up loses
@@ -23,11 +33,33 @@ nothing.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Sequence
+from functools import reduce
+from operator import add
 from typing import Any, NamedTuple, Optional
+
+# How many values an attribute set's pending list holds before the loop folds them in itself: small
+# enough that the len() checking it returns one of CPython's cached small ints instead of a new int,
+# and a small batch sorts cheaper per value.
+MAX_PENDING = 255
+# Below this many values a fold counts them one by one; from it on, the sort's fixed cost pays off.
+_BATCH = 16
+
+if sys.version_info < (3, 12):
+
+    def _sum_in_order(values: list[float], start: float) -> float:
+        # sum() adds floats one after the other here, as ``+=`` per value did.
+        return sum(values, start)
+
+else:
+
+    def _sum_in_order(values: list[float], start: float) -> float:
+        # sum() compensates rounding from 3.12 on: a left fold keeps the sum ``+=`` per value made.
+        return reduce(add, values, start)
 
 
 class Exemplar(NamedTuple):
@@ -40,7 +72,7 @@ class Exemplar(NamedTuple):
 
 
 class HistogramPoint:
-    """One attribute set's state. Written on the loop under the aggregate's lock."""
+    """One attribute set's state. Written under the aggregate's lock (by ``fold`` and the exemplar methods)."""
 
     __slots__ = ("attributes", "counts", "sum", "min", "max", "exemplars")
 
@@ -70,6 +102,10 @@ class PointView(NamedTuple):
 class HistogramAggregate:
     """An instrument's points. ``record`` runs on the loop; ``points`` on any thread.
 
+    ``record`` appends without a lock, so any thread may record as well as read.
+    ``pending(key, attributes)`` hands out the list ``record`` appends to, for a
+    caller that saves the lookup by appending to it directly.
+
     Delta readers each get their own interval: ``open_interval()`` returns a
     handle whose points restart at every ``points(handle)`` read.
     """
@@ -82,26 +118,100 @@ class HistogramAggregate:
         self.start_ns = time.time_ns()
         self._lock = threading.Lock()
         self._points: dict[Hashable, HistogramPoint] = {}
+        # Per attribute set: the values recorded since the last fold, and the attributes a new point gets.
+        self._pending: dict[Hashable, list[float]] = {}
+        self._attributes: dict[Hashable, dict[str, Any]] = {}
+        self.max_pending = MAX_PENDING
         # Per delta reader: its points since its last read, and when that was.
         # Each one is [points, start_ns].
         self._intervals: list[list[Any]] = []
 
     def record(self, value: float, key: Hashable, attributes: dict[str, Any]) -> None:
-        i = bisect_left(self.bounds, value)
+        values = self._pending.get(key)
+        if values is None:
+            values = self.pending(key, attributes)
+        values.append(value)
+        if len(values) > self.max_pending:
+            self.fold()
+
+    def pending(self, key: Hashable, attributes: dict[str, Any]) -> list[float]:
+        """The list ``key``'s values wait in until a fold: appending a value to it records the value.
+
+        The same list for the aggregate's lifetime (a fold empties it in place).
+        A caller only appends to it, and calls ``fold()`` once it holds more
+        than ``max_pending`` values.
+        """
+        values = self._pending.get(key)
+        if values is None:
+            with self._lock:
+                values = self._pending.get(key)
+                if values is None:
+                    values = self._pending[key] = []
+                    self._attributes[key] = attributes
+        return values
+
+    def fold(self) -> None:
+        """Count the pending values into the points (thread-safe)."""
         with self._lock:
-            # _add inlined for the cumulative points: this runs once per connection.
-            point = self._points.get(key)
-            if point is None:
-                point = self._points[key] = HistogramPoint(attributes, len(self.bounds) + 1)
-            point.counts[i] += 1
-            point.sum += value
-            if value < point.min:
-                point.min = value
-            if value > point.max:
-                point.max = value
-            if self._intervals:
-                for interval in self._intervals:
-                    self._add(interval[0], i, value, key, attributes)
+            self._fold()
+
+    def _fold(self) -> None:
+        # Under the lock. The copy and the deletion are one C call each: a value the
+        # loop appends between them is past the copied prefix and stays for the next fold.
+        for key, values in self._pending.items():
+            if values:
+                batch = values[:]
+                del values[: len(batch)]
+                self._add_batch(key, self._attributes[key], batch)
+
+    def _add_batch(self, key: Hashable, attributes: dict[str, Any], batch: list[float]) -> None:
+        """``_add`` of each value of ``batch`` in order, to the cumulative point and each interval's;
+        for a large batch, with the per-value work done in C."""
+        size = len(self.bounds) + 1
+        points = [self._points.get(key) or self._points.setdefault(key, HistogramPoint(attributes, size))]
+        for interval in self._intervals:
+            points.append(interval[0].get(key) or interval[0].setdefault(key, HistogramPoint(attributes, size)))
+        if len(batch) >= _BATCH:
+            totals = [_sum_in_order(batch, point.sum) for point in points]
+            # A NaN (in the batch or counted earlier) leaves min, max and the sorted order meaningless:
+            # those batches take the loop below.
+            if totals[0] == totals[0]:
+                batch.sort()
+                # The sort is stable: of equal values (0.0 and -0.0) the first recorded comes first, the one
+                # ``<`` and ``>`` per value keep.
+                low = batch[0]
+                high = batch[bisect_left(batch, batch[-1])]
+                bounds = self.bounds
+                last = bisect_left(bounds, high)
+                # A value counts in the first bucket whose bound it does not exceed (bisect_left on the
+                # bounds): a bucket gets the values up to its bound less those up to the previous one.
+                added = []
+                below = 0
+                for i in range(bisect_left(bounds, low), last):
+                    upto = bisect_right(batch, bounds[i])
+                    added.append((i, upto - below))
+                    below = upto
+                added.append((last, len(batch) - below))
+                for point, total in zip(points, totals):
+                    point.sum = total
+                    counts = point.counts
+                    for i, n in added:
+                        counts[i] += n
+                    if low < point.min:
+                        point.min = low
+                    if high > point.max:
+                        point.max = high
+                return
+        bounds = self.bounds
+        for value in batch:
+            i = bisect_left(bounds, value)
+            for point in points:
+                point.counts[i] += 1
+                point.sum += value
+                if value < point.min:
+                    point.min = value
+                if value > point.max:
+                    point.max = value
 
     def _add(
         self, points: dict[Hashable, HistogramPoint], i: int, value: float, key: Hashable, attributes: dict[str, Any]
@@ -123,6 +233,8 @@ class HistogramAggregate:
         i = bisect_left(self.bounds, value)
         exemplar = Exemplar(value, time_ns, trace_id, span_id)
         with self._lock:
+            # The values recorded before this one are counted before it, as they were recorded.
+            self._fold()
             self._add(self._points, i, value, key, attributes)
             self._set_exemplar(self._points[key], i, exemplar)
             for interval in self._intervals:
@@ -139,6 +251,8 @@ class HistogramAggregate:
         i = bisect_left(self.bounds, value)
         exemplar = Exemplar(value, time_ns, trace_id, span_id)
         with self._lock:
+            # The value may still be pending: its point must exist for the exemplar to land.
+            self._fold()
             for points in (self._points, *(interval[0] for interval in self._intervals)):
                 point = points.get(key)
                 if point is not None:
@@ -156,6 +270,8 @@ class HistogramAggregate:
         """A delta reader's handle; its first interval starts now."""
         interval: list[Any] = [{}, time.time_ns()]
         with self._lock:
+            # Values recorded before the interval opened belong to the intervals open then, not to it.
+            self._fold()
             self._intervals.append(interval)
         return interval
 
@@ -167,6 +283,7 @@ class HistogramAggregate:
     def points(self, interval: Optional[list[Any]] = None) -> tuple[int, list[PointView]]:
         """``(start_ns, points)``: cumulative since creation, or the interval's since its last read."""
         with self._lock:
+            self._fold()
             if interval is None:
                 start, source = self.start_ns, self._points
             else:
@@ -191,4 +308,4 @@ class HistogramAggregate:
         return f"<HistogramAggregate {self.name} points={len(self._points)}>"
 
 
-__all__ = ["Exemplar", "HistogramAggregate", "HistogramPoint", "PointView"]
+__all__ = ["MAX_PENDING", "Exemplar", "HistogramAggregate", "HistogramPoint", "PointView"]

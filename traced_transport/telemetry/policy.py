@@ -36,7 +36,7 @@ _USAGE = (
 class SpanPolicy:
     """A parsed span policy; ``keep(record, longest_pause)`` runs once per ended connection."""
 
-    __slots__ = ("text", "all", "errors", "slower_than", "paused_longer_than", "ratio", "slow")
+    __slots__ = ("text", "all", "errors", "slower_than", "paused_longer_than", "ratio", "slow", "drops_up_to")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -72,6 +72,9 @@ class SpanPolicy:
                 raise ValueError(f"span policy {text!r}: unknown condition {word!r}; expected {_USAGE}")
         # slower_than as a number that every duration is under when it is not set.
         self.slow = math.inf if self.slower_than is None else self.slower_than
+        # The longest a connection without error or pause can last and surely be dropped: one comparison
+        # instead of keep() (-inf: all and ratio keep some whatever they lasted).
+        self.drops_up_to = -math.inf if self.all or self.ratio else self.slow
 
     @property
     def keeps_nothing(self) -> bool:
@@ -101,7 +104,9 @@ class SpanPolicy:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SpanPolicy):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__ if f not in ("text", "slow"))
+        return all(
+            getattr(self, f) == getattr(other, f) for f in self.__slots__ if f not in ("text", "slow", "drops_up_to")
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -42,7 +43,7 @@ from ..datapath.registry import Registry, default_registry
 from ..report import report
 from ..version import __version__ as _VERSION
 from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
-from .histogram import HistogramAggregate
+from .histogram import MAX_PENDING, HistogramAggregate
 from .policy import SpanPolicy, span_policy
 from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
 from .tcp_info import supported as tcp_info_supported
@@ -69,6 +70,12 @@ HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2
 PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60)
 
 access_logger = logging.getLogger("traced_transport.access")
+
+# Matches no record's key (a record's key being None must not reach the placeholder list).
+_NO_KEY = object()
+
+# The settings on_close's fast path depends on (see Telemetry._set_fast_close).
+_FAST_CLOSE_INPUTS = frozenset(("access_log", "spans", "parent_context", "_tcp", "span_policy", "_histogram_readers"))
 
 
 class _SpanState:
@@ -226,6 +233,37 @@ class Telemetry:
             self._create_instruments(metrics.NoOpMeter(SCOPE, _VERSION))
         # Readers taking self.histograms directly; while there is none, values also go to the API instruments.
         self._histogram_readers = 0
+        # Per ConnKey, the duration aggregate's pending list for its connections without error
+        # (error.type, cipher and TLS version all None): on_close's fast path appends there.
+        self._clean_durations: dict[ConnKey, list[float]] = {}
+        # The last of them used, with its key: most listeners have one attribute set, and an identity
+        # test costs less than hashing a ConnKey.
+        self._last_clean: tuple[object, list[float]] = (_NO_KEY, [])
+        self._set_fast_close()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        # hasattr, not self.__dict__: reading __dict__ turns CPython's inline attribute values into a dict.
+        if name in _FAST_CLOSE_INPUTS and hasattr(self, "_fast_close_up_to"):
+            self._set_fast_close()
+
+    def _set_fast_close(self) -> None:
+        # Worked out when a setting changes, not per connection: how long a connection without error or
+        # pause may last and still take on_close's fast path, for groups without a policy of their own.
+        self._fast_close_up_to = self._fast_close_limit(self.span_policy)
+
+    def _fast_close_limit(self, policy: SpanPolicy) -> float:
+        if self._tcp is not None or self.access_log or not self._histogram_readers:
+            # TCP_INFO and the access log need the general path, and so does a value the API
+            # histogram must get (no reader collects the aggregates).
+            return -math.inf
+        if not self.spans or self.parent_context:
+            return math.inf  # no span is decided at close
+        return policy.drops_up_to
+
+    def _fast_close_under(self, policy: SpanPolicy, duration: float) -> bool:
+        """on_close's fast path for a group with its own span policy."""
+        return duration <= self._fast_close_limit(policy)
 
     def _create_instruments(self, meter: Any) -> None:
         self.meter = m = meter
@@ -296,7 +334,7 @@ class Telemetry:
         """A reader that collects ``self.histograms`` itself was attached (or detached).
 
         Called by ``traced_transport.exporters.histograms``. While at least one is attached, a
-        connection's end costs a bisect instead of an SDK ``record()``. Values
+        connection's end costs a list append instead of an SDK ``record()``. Values
         still pending are dropped then: the aggregates hold them already.
         """
         with self._cache_lock:
@@ -605,6 +643,39 @@ class Telemetry:
         return cipher, version
 
     def on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
+        # Most connections end without error, pause, span, TCP_INFO or access log, under a policy that
+        # drops them by duration alone: the general path would only count the duration, and here that
+        # is a list append (the aggregate folds it in when read). Early returns to the general path
+        # keep this one's jumps short.
+        if rec.state is not None or rec.error_type is not None:
+            return self._on_close(rec, exc)
+        duration = rec.closed_at - rec.opened_at  # type: ignore[operator]  # set before on_close
+        if rec.group.span_policy is not None:
+            if not self._fast_close_under(rec.group.span_policy, duration):
+                return self._on_close(rec, exc)
+        elif not duration <= self._fast_close_up_to:  # so that a NaN takes the general path
+            return self._on_close(rec, exc)
+        key, values = self._last_clean
+        if key is not rec.key:
+            values = self._clean_duration_values(rec.key)
+        values.append(duration)
+        if len(values) > MAX_PENDING:
+            self._duration[1].fold()
+        return None
+
+    def _clean_duration_values(self, key: ConnKey) -> list[float]:
+        """The duration aggregate's pending list for ``key``'s connections without error (made on first use)."""
+        values = self._clean_durations.get(key)
+        if values is None:
+            cache_key = (key, None, None, None)
+            values = self._duration[1].pending(cache_key, self._attributes_for(cache_key))
+            self._clean_durations[key] = values
+        # One tuple, so that another thread never reads one connection's key with another's list.
+        self._last_clean = (key, values)
+        return values
+
+    def _on_close(self, rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
+        """on_close's general path: any connection (the fast path is a shortcut to the same outcome)."""
         duration = rec.closed_at - rec.opened_at  # type: ignore[operator]  # set before on_close
         span_context: Any = None
         tcp_info = None
