@@ -296,3 +296,140 @@ def test_a_failing_span_at_close_still_records_the_duration(run):
     run(SCENARIOS["clean"], lambda f: tt.traced(f, name="s", observer=telemetry))
     _, points = telemetry.histograms["transport.connection.duration"].points()
     assert sum(p.count for p in points if p.attributes["transport.name"] == "s") == 1
+
+
+async def _tls(wrap_server, server_ctx, client_ctx) -> None:
+    server, s_app, c_tr, c_app = await tcp_pair(wrap_server=wrap_server, ssl_server=server_ctx, ssl_client=client_ctx)
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    c_tr.close()
+    await s_app.lost
+    await closed(server)
+
+
+async def _unix(wrap_server, path) -> None:
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+
+    def factory():
+        app = Collect()
+        accepted.set_result(app)
+        return app
+
+    server = await loop.create_unix_server(wrap_server(factory), path)
+    c_tr, _ = await loop.create_unix_connection(Collect, path)
+    s_app = await accepted
+    await s_app.made
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    c_tr.close()
+    await s_app.lost
+    await closed(server)
+
+
+def _typed_items(span) -> list:
+    return [(k, type(v), v) for k, v in span.attributes.items()]
+
+
+@pytest.mark.parametrize("scenario", ["clean", "paused", "aborted", "reset", "tls", "unix"])
+def test_span_built_at_close_has_the_eager_ones_attributes_in_order_and_type(
+    run, scenario, server_ctx, client_ctx, tmp_path
+):
+    # The span built at close takes a shorter road for a plain connection: it
+    # must still say the same thing, key for key, in the same order, with the same types.
+    eager_provider, deferred_provider = CountingProvider(), CountingProvider()
+    eager = tt.Telemetry(tt.Registry(), tracer_provider=eager_provider, parent_context=True)
+    deferred = tt.Telemetry(tt.Registry(), tracer_provider=deferred_provider, span_policy="all")
+    fan = FanOut(eager, deferred)
+    wrap = lambda f: tt.traced(f, name="s", observer=fan, registry=tt.Registry())  # noqa: E731
+    if scenario == "tls":
+        run(_tls, wrap, server_ctx, client_ctx)
+    elif scenario == "unix":
+        run(_unix, wrap, str(tmp_path / "s.sock"))
+    else:
+        run(SCENARIOS[scenario], wrap)
+    (eager_span,) = eager_provider.spans()
+    (deferred_span,) = deferred_provider.spans()
+    assert _typed_items(deferred_span) == _typed_items(eager_span)
+    assert _span_view(deferred_span) == _span_view(eager_span)
+    attributes = deferred_span.attributes
+    if scenario == "tls":
+        assert attributes["tls.established"] is True and attributes["tls.protocol.name"] == "tls"
+    elif scenario == "unix":
+        assert attributes["network.transport"] == "unix" and attributes["network.local.address"].endswith("s.sock")
+    else:
+        assert attributes["network.peer.address"] == "127.0.0.1" and type(attributes["network.peer.port"]) is int
+
+
+class KeepingProvider(CountingProvider):
+    """An SDK that keeps the very dicts it is given and scribbles on them afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[dict] = []
+
+    def get_tracer(self, *args, **kwargs):
+        tracer = TracerProvider.get_tracer(self, *args, **kwargs)
+        given = self.given
+
+        class Span:
+            def __init__(self, span) -> None:
+                self.span = span
+
+            def set_attributes(self, attributes) -> None:
+                self.span.set_attributes(attributes)
+                given.append(attributes)
+
+            def __getattr__(self, name):
+                return getattr(self.span, name)
+
+        class Tracer:
+            def start_span(self, *a, **kw):
+                return Span(tracer.start_span(*a, **kw))
+
+        return Tracer()
+
+
+def test_connections_of_one_key_get_their_own_peers_and_the_cached_part_stays_intact(run):
+    provider = KeepingProvider()
+    telemetry = tt.Telemetry(tt.Registry(), tracer_provider=provider, span_policy="all")
+    peers = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost = []
+
+        class App(Collect):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                lost.append(self.lost)
+
+        server = await loop.create_server(tt.traced(App, name="s", observer=telemetry), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        # Loopback answers on all of 127/8: two source addresses, one listener, one ConnKey.
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.1"):
+            c_tr, _ = await loop.create_connection(Collect, "127.0.0.1", port, local_addr=(source, 0))
+            peers.append(c_tr.get_extra_info("sockname")[:2])
+            c_tr.close()
+            await lost[-1]
+            if len(provider.given) == 1:
+                # Whatever the SDK does with the dict it was given must not reach the next span.
+                for attributes in provider.given:
+                    attributes.clear()
+                    attributes["transport.name"] = "scribbled"
+        await closed(server)
+
+    run(main)
+    spans = provider.spans()
+    assert len(spans) == 3
+    assert [(s.attributes["network.peer.address"], s.attributes["network.peer.port"]) for s in spans] == peers
+    for span in spans:
+        a = span.attributes
+        assert (a["transport.name"], a["transport.side"], a["network.transport"], a["network.type"]) == (
+            "s",
+            "server",
+            "tcp",
+            "ipv4",
+        )
+        assert a["server.port"] == a["network.local.port"] and a["network.local.address"] == "127.0.0.1"
+    assert len({id(d) for d in provider.given}) == 3
