@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import traced_transport as tt
+from traced_transport import report as _safety
+from traced_transport.datapath.extra import snapshot_extra
 from traced_transport.telemetry.policy import DEFAULT, ENV, SpanPolicy, span_policy
 
 
@@ -433,3 +435,34 @@ def test_connections_of_one_key_get_their_own_peers_and_the_cached_part_stays_in
         )
         assert a["server.port"] == a["network.local.port"] and a["network.local.address"] == "127.0.0.1"
     assert len({id(d) for d in provider.given}) == 3
+
+
+class _AskedTransport:
+    """Records what it is asked; ``fail`` names the fields whose reading raises."""
+
+    def __init__(self, fail=()) -> None:
+        self.asked: list[str] = []
+        self.fail = fail
+
+    def get_extra_info(self, name, default=None):
+        self.asked.append(name)
+        if name in self.fail:
+            raise OSError(f"no {name}")
+        return {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}.get(name, default)
+
+
+def test_extra_snapshot_asks_no_ssl_object_of_a_connection_known_to_be_plain():
+    plain = _AskedTransport()
+    assert snapshot_extra(plain, tls=False) == {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}
+    assert plain.asked == ["peername", "sockname"]
+    maybe = _AskedTransport()
+    assert snapshot_extra(maybe) == {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}
+    assert maybe.asked == ["peername", "sockname", "ssl_object"]
+
+
+def test_extra_snapshot_keeps_what_it_could_read(caplog):
+    _safety.reset_rate_limit()
+    with caplog.at_level("WARNING", logger="traced_transport"):
+        assert snapshot_extra(_AskedTransport(fail=("peername",)), tls=False) == {"sockname": ("10.0.0.2", 6)}
+    assert [r.getMessage() for r in caplog.records if "peername" in r.getMessage()]
+    assert not [r.getMessage() for r in caplog.records if "sockname" in r.getMessage()]
