@@ -466,3 +466,18 @@ def test_extra_snapshot_keeps_what_it_could_read(caplog):
         assert snapshot_extra(_AskedTransport(fail=("peername",)), tls=False) == {"sockname": ("10.0.0.2", 6)}
     assert [r.getMessage() for r in caplog.records if "peername" in r.getMessage()]
     assert not [r.getMessage() for r in caplog.records if "sockname" in r.getMessage()]
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2])
+@pytest.mark.parametrize("scenario", ["clean", "paused"])
+def test_span_built_at_close_caps_events_as_the_eager_one(run, scenario, cap):
+    eager_provider, deferred_provider = CountingProvider(), CountingProvider()
+    eager = tt.Telemetry(tt.Registry(), tracer_provider=eager_provider, parent_context=True, max_span_events=cap)
+    deferred = tt.Telemetry(tt.Registry(), tracer_provider=deferred_provider, span_policy="all", max_span_events=cap)
+    fan = FanOut(eager, deferred)
+    run(SCENARIOS[scenario], lambda f: tt.traced(f, name="s", observer=fan, registry=tt.Registry()))
+    (eager_span,) = eager_provider.spans()
+    (deferred_span,) = deferred_provider.spans()
+    assert _typed_items(deferred_span) == _typed_items(eager_span)
+    assert _span_view(deferred_span) == _span_view(eager_span)
+    assert len(deferred_span.events) <= cap
