@@ -111,9 +111,21 @@ def _not_after(text: Any) -> Optional[str]:
         return None
 
 
-# A span's name and kind, and its attributes before and after the per-connection
-# addresses (in span_attributes' order): the same for every connection of one key.
-SpanStatics = tuple[str, SpanKind, dict[str, Any], dict[str, Any]]
+# A span's name and kind, its attributes before and after the per-connection
+# addresses (in span_attributes' order), and a template: every attribute of a
+# plain inet connection's span in order, the per-connection ones None. The same
+# for every connection of one key. Copying the template and replacing values
+# reuses its keys and size, where building the dict inserts (and resizes) anew.
+SpanStatics = tuple[str, SpanKind, dict[str, Any], dict[str, Any], dict[str, Any]]
+
+# The attributes every span gets at its connection's end, in this order (Telemetry._end_attributes).
+END_KEYS = (
+    "transport.received",
+    "transport.sent",
+    "transport.reading.pauses",
+    "transport.writing.pauses",
+    "transport.close_reason",
+)
 
 # By ConnKey: keys are interned and few (see classify), so this stays as small as
 # the set of attribute sets. Its dicts are only ever copied from, never handed out.
@@ -129,15 +141,24 @@ def span_statics(key: ConnKey) -> SpanStatics:
         head["network.type"] = key.network_type
     tail: dict[str, Any] = {} if key.server_port is None else {"server.port": key.server_port}
     kind = SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT
-    statics = SPAN_STATICS[key] = (f"{key.name} connection", kind, head, tail)
+    template = {
+        **head,
+        "network.peer.address": None,
+        "network.peer.port": None,
+        "network.local.address": None,
+        "network.local.port": None,
+        **tail,
+        **dict.fromkeys(END_KEYS),
+    }
+    statics = SPAN_STATICS[key] = (f"{key.name} connection", kind, head, tail, template)
     return statics
 
 
 def span_attributes(key: ConnKey, extra: dict[str, Any], *, certificate_subjects: bool = True) -> dict[str, Any]:
     try:
-        _, _, head, tail = SPAN_STATICS[key]
+        _, _, head, tail, _ = SPAN_STATICS[key]
     except KeyError:
-        _, _, head, tail = span_statics(key)
+        _, _, head, tail, _ = span_statics(key)
     attrs = head.copy()
     _address(extra.get("peername"), "network.peer.address", "network.peer.port", attrs)
     _address(extra.get("sockname"), "network.local.address", "network.local.port", attrs)

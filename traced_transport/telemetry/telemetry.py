@@ -501,9 +501,9 @@ class Telemetry:
             return
         key = rec.key
         try:
-            name, kind, _, _ = SPAN_STATICS[key]
+            name, kind, _, _, _ = SPAN_STATICS[key]
         except KeyError:
-            name, kind, _, _ = span_statics(key)
+            name, kind, _, _, _ = span_statics(key)
         # No attributes at start: the SDK validates every attribute it is
         # given, and the sampler has the span name (which carries
         # transport.name) and kind to decide on.
@@ -753,9 +753,9 @@ class Telemetry:
         """
         key = rec.key
         try:
-            name, kind, head, tail = SPAN_STATICS[key]
+            name, kind, _, _, template = SPAN_STATICS[key]
         except KeyError:
-            name, kind, head, tail = span_statics(key)
+            name, kind, _, _, template = span_statics(key)
         eof_at = rec.eof_at
         events: Optional[list[_Event]]
         if deferred is None:
@@ -800,20 +800,20 @@ class Telemetry:
                         and len(local) > 1
                         and type(local[1]) is int
                     ):
-                        # span_attributes' and _end_attributes' keys, in their order.
-                        attributes = {
-                            **head,
-                            "network.peer.address": str(peer[0]),
-                            "network.peer.port": peer[1],
-                            "network.local.address": str(local[0]),
-                            "network.local.port": local[1],
-                            **tail,
-                            "transport.received": rec.rx,
-                            "transport.sent": rec.tx,
-                            "transport.reading.pauses": 0 if rare is None else rare.read_pauses,
-                            "transport.writing.pauses": 0 if rare is None else rare.write_pauses,
-                            "transport.close_reason": rec.close_reason,
-                        }
+                        # span_attributes' and _end_attributes' keys, in their order (the template's).
+                        attributes = template.copy()
+                        attributes["network.peer.address"] = str(peer[0])
+                        attributes["network.peer.port"] = peer[1]
+                        attributes["network.local.address"] = str(local[0])
+                        attributes["network.local.port"] = local[1]
+                        attributes["transport.received"] = rec.rx
+                        attributes["transport.sent"] = rec.tx
+                        if rare is None:
+                            attributes["transport.reading.pauses"] = attributes["transport.writing.pauses"] = 0
+                        else:
+                            attributes["transport.reading.pauses"] = rare.read_pauses
+                            attributes["transport.writing.pauses"] = rare.write_pauses
+                        attributes["transport.close_reason"] = rec.close_reason
                         if rec.error_type:
                             attributes["error.type"] = rec.error_type
                         if dropped:
