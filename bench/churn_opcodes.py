@@ -43,7 +43,7 @@ def child(mode: str, loop_kind: str, n: int) -> None:
     ops: collections.Counter[str] = collections.Counter()
     frames: collections.Counter[str] = collections.Counter()
 
-    def tracer(frame, event, arg):  # noqa: ANN001, ANN202 - sys.settrace's signature
+    def tracer(frame, event, arg):
         code = frame.f_code
         if not code.co_filename.startswith(PACKAGE):
             return None
@@ -51,7 +51,7 @@ def child(mode: str, loop_kind: str, n: int) -> None:
         frames[name] += 1
         frame.f_trace_opcodes = True
 
-        def local(frame, event, arg):  # noqa: ANN001, ANN202
+        def local(frame, event, arg):
             if event == "opcode":
                 ops[name] += 1
             return local
@@ -81,7 +81,9 @@ def main() -> None:
         if ops >= 0.5:
             rows.append((ops, frames, name))
     rows.sort(reverse=True)
-    print(f"{args.loop} {args.mode}: {sum(r[0] for r in rows):.0f} bytecodes and {sum(r[1] for r in rows):.0f} frames of ours per connection\n")
+    print(
+        f"{args.loop} {args.mode}: {sum(r[0] for r in rows):.0f} bytecodes and {sum(r[1] for r in rows):.0f} frames of ours per connection\n"
+    )
     print("| bytecodes per connection | frames | function |\n|---:|---:|---|")
     for ops, frames, name in rows:
         print(f"| {ops:.0f} | {frames:.1f} | `{name}` |")

@@ -141,7 +141,12 @@ def test_one_listener_fixes_the_attribute_set_and_two_keep_classifying(run):
     # One listener: its connections' attribute set is kept per transport class.
     assert one.group.listeners is not None and len(one.group.listeners) == 1
     (fixed,) = one.group.fixed_keys.values()
-    assert (fixed.name, fixed.network_transport, fixed.network_type, fixed.server_port) == ("one", "tcp", "ipv4", ports[0])
+    assert (fixed.name, fixed.network_transport, fixed.network_type, fixed.server_port) == (
+        "one",
+        "tcp",
+        "ipv4",
+        ports[0],
+    )
     # Two listeners: nothing fixed, each connection counted under its own port.
     assert len(two.group.listeners) == 2 and not two.group.fixed_keys
     snapshot = registry.snapshot()
