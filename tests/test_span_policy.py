@@ -11,6 +11,7 @@ from _helpers import Collect, closed, tcp_pair
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 import traced_transport as tt
 from traced_transport import report as _safety
@@ -333,7 +334,16 @@ def _typed_items(span) -> list:
     return [(k, type(v), v) for k, v in span.attributes.items()]
 
 
-@pytest.mark.parametrize("scenario", ["clean", "paused", "aborted", "reset", "tls", "unix"])
+async def _client(wrap_client) -> None:
+    server, s_app, c_tr, c_app = await tcp_pair(wrap_client=wrap_client)
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    s_app.transport.close()
+    await c_app.lost
+    await closed(server)
+
+
+@pytest.mark.parametrize("scenario", ["clean", "paused", "aborted", "reset", "tls", "unix", "client"])
 def test_span_built_at_close_has_the_eager_ones_attributes_in_order_and_type(
     run, scenario, server_ctx, client_ctx, tmp_path
 ):
@@ -348,6 +358,8 @@ def test_span_built_at_close_has_the_eager_ones_attributes_in_order_and_type(
         run(_tls, wrap, server_ctx, client_ctx)
     elif scenario == "unix":
         run(_unix, wrap, str(tmp_path / "s.sock"))
+    elif scenario == "client":
+        run(_client, lambda f: tt.traced(f, name="s", side="client", observer=fan, registry=tt.Registry()))
     else:
         run(SCENARIOS[scenario], wrap)
     (eager_span,) = eager_provider.spans()
@@ -359,6 +371,8 @@ def test_span_built_at_close_has_the_eager_ones_attributes_in_order_and_type(
         assert attributes["tls.established"] is True and attributes["tls.protocol.name"] == "tls"
     elif scenario == "unix":
         assert attributes["network.transport"] == "unix" and attributes["network.local.address"].endswith("s.sock")
+    elif scenario == "client":
+        assert deferred_span.kind == SpanKind.CLIENT and "server.port" not in attributes
     else:
         assert attributes["network.peer.address"] == "127.0.0.1" and type(attributes["network.peer.port"]) is int
 
