@@ -747,9 +747,10 @@ class Telemetry:
         """The span an eager one would have been, made now with the connection's own times.
 
         Every span of a kept connection comes through here, so the common one (no
-        TLS, no pause, inet addresses) is built without calls of ours: the parts
-        its ConnKey decides are cached (``SPAN_STATICS``) and the rest is one dict
-        display. Anything else takes ``span_attributes``, as the eager span does.
+        TLS, no pause, inet addresses) is built without calls of ours: its
+        attributes are a copy of its ConnKey's template (``SPAN_STATICS``) with the
+        per-connection values put in. Anything else takes ``span_attributes``, as
+        the eager span does.
         """
         key = rec.key
         try:
