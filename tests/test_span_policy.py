@@ -11,8 +11,11 @@ from _helpers import Collect, closed, tcp_pair
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 import traced_transport as tt
+from traced_transport import report as _safety
+from traced_transport.datapath.extra import snapshot_extra
 from traced_transport.telemetry.policy import DEFAULT, ENV, SpanPolicy, span_policy
 
 
@@ -296,3 +299,199 @@ def test_a_failing_span_at_close_still_records_the_duration(run):
     run(SCENARIOS["clean"], lambda f: tt.traced(f, name="s", observer=telemetry))
     _, points = telemetry.histograms["transport.connection.duration"].points()
     assert sum(p.count for p in points if p.attributes["transport.name"] == "s") == 1
+
+
+async def _tls(wrap_server, server_ctx, client_ctx) -> None:
+    server, s_app, c_tr, c_app = await tcp_pair(wrap_server=wrap_server, ssl_server=server_ctx, ssl_client=client_ctx)
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    c_tr.close()
+    await s_app.lost
+    await closed(server)
+
+
+async def _unix(wrap_server, path) -> None:
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+
+    def factory():
+        app = Collect()
+        accepted.set_result(app)
+        return app
+
+    server = await loop.create_unix_server(wrap_server(factory), path)
+    c_tr, _ = await loop.create_unix_connection(Collect, path)
+    s_app = await accepted
+    await s_app.made
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    c_tr.close()
+    await s_app.lost
+    await closed(server)
+
+
+def _typed_items(span) -> list:
+    return [(k, type(v), v) for k, v in span.attributes.items()]
+
+
+async def _client(wrap_client) -> None:
+    server, s_app, c_tr, c_app = await tcp_pair(wrap_client=wrap_client)
+    c_tr.write(b"abc")
+    await s_app.wait_bytes(3)
+    s_app.transport.close()
+    await c_app.lost
+    await closed(server)
+
+
+@pytest.mark.parametrize("scenario", ["clean", "paused", "aborted", "reset", "tls", "unix", "client"])
+def test_span_built_at_close_has_the_eager_ones_attributes_in_order_and_type(
+    run, scenario, server_ctx, client_ctx, tmp_path
+):
+    # The span built at close takes a shorter road for a plain connection: it
+    # must still say the same thing, key for key, in the same order, with the same types.
+    eager_provider, deferred_provider = CountingProvider(), CountingProvider()
+    eager = tt.Telemetry(tt.Registry(), tracer_provider=eager_provider, parent_context=True)
+    deferred = tt.Telemetry(tt.Registry(), tracer_provider=deferred_provider, span_policy="all")
+    fan = FanOut(eager, deferred)
+    wrap = lambda f: tt.traced(f, name="s", observer=fan, registry=tt.Registry())  # noqa: E731
+    if scenario == "tls":
+        run(_tls, wrap, server_ctx, client_ctx)
+    elif scenario == "unix":
+        run(_unix, wrap, str(tmp_path / "s.sock"))
+    elif scenario == "client":
+        run(_client, lambda f: tt.traced(f, name="s", side="client", observer=fan, registry=tt.Registry()))
+    else:
+        run(SCENARIOS[scenario], wrap)
+    (eager_span,) = eager_provider.spans()
+    (deferred_span,) = deferred_provider.spans()
+    assert _typed_items(deferred_span) == _typed_items(eager_span)
+    assert _span_view(deferred_span) == _span_view(eager_span)
+    attributes = deferred_span.attributes
+    if scenario == "tls":
+        assert attributes["tls.established"] is True and attributes["tls.protocol.name"] == "tls"
+    elif scenario == "unix":
+        assert attributes["network.transport"] == "unix" and attributes["network.local.address"].endswith("s.sock")
+    elif scenario == "client":
+        assert deferred_span.kind == SpanKind.CLIENT and "server.port" not in attributes
+    else:
+        assert attributes["network.peer.address"] == "127.0.0.1" and type(attributes["network.peer.port"]) is int
+
+
+class KeepingProvider(CountingProvider):
+    """An SDK that keeps the very dicts it is given and scribbles on them afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[dict] = []
+
+    def get_tracer(self, *args, **kwargs):
+        tracer = TracerProvider.get_tracer(self, *args, **kwargs)
+        given = self.given
+
+        class Span:
+            def __init__(self, span) -> None:
+                self.span = span
+
+            def set_attributes(self, attributes) -> None:
+                self.span.set_attributes(attributes)
+                given.append(attributes)
+
+            def __getattr__(self, name):
+                return getattr(self.span, name)
+
+        class Tracer:
+            def start_span(self, *a, **kw):
+                return Span(tracer.start_span(*a, **kw))
+
+        return Tracer()
+
+
+def test_connections_of_one_key_get_their_own_peers_and_the_cached_part_stays_intact(run):
+    provider = KeepingProvider()
+    telemetry = tt.Telemetry(tt.Registry(), tracer_provider=provider, span_policy="all")
+    peers = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost = []
+
+        class App(Collect):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                lost.append(self.lost)
+
+        server = await loop.create_server(tt.traced(App, name="s", observer=telemetry), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        # Loopback answers on all of 127/8: two source addresses, one listener, one ConnKey.
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.1"):
+            c_tr, _ = await loop.create_connection(Collect, "127.0.0.1", port, local_addr=(source, 0))
+            peers.append(c_tr.get_extra_info("sockname")[:2])
+            c_tr.close()
+            await lost[-1]
+            if len(provider.given) == 1:
+                # Whatever the SDK does with the dict it was given must not reach the next span.
+                for attributes in provider.given:
+                    attributes.clear()
+                    attributes["transport.name"] = "scribbled"
+        await closed(server)
+
+    run(main)
+    spans = provider.spans()
+    assert len(spans) == 3
+    assert [(s.attributes["network.peer.address"], s.attributes["network.peer.port"]) for s in spans] == peers
+    for span in spans:
+        a = span.attributes
+        assert (a["transport.name"], a["transport.side"], a["network.transport"], a["network.type"]) == (
+            "s",
+            "server",
+            "tcp",
+            "ipv4",
+        )
+        assert a["server.port"] == a["network.local.port"] and a["network.local.address"] == "127.0.0.1"
+    assert len({id(d) for d in provider.given}) == 3
+
+
+class _AskedTransport:
+    """Records what it is asked; ``fail`` names the fields whose reading raises."""
+
+    def __init__(self, fail=()) -> None:
+        self.asked: list[str] = []
+        self.fail = fail
+
+    def get_extra_info(self, name, default=None):
+        self.asked.append(name)
+        if name in self.fail:
+            raise OSError(f"no {name}")
+        return {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}.get(name, default)
+
+
+def test_extra_snapshot_asks_no_ssl_object_of_a_connection_known_to_be_plain():
+    plain = _AskedTransport()
+    assert snapshot_extra(plain, tls=False) == {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}
+    assert plain.asked == ["peername", "sockname"]
+    maybe = _AskedTransport()
+    assert snapshot_extra(maybe) == {"peername": ("10.0.0.1", 5), "sockname": ("10.0.0.2", 6)}
+    assert maybe.asked == ["peername", "sockname", "ssl_object"]
+
+
+def test_extra_snapshot_keeps_what_it_could_read(caplog):
+    _safety.reset_rate_limit()
+    with caplog.at_level("WARNING", logger="traced_transport"):
+        assert snapshot_extra(_AskedTransport(fail=("peername",)), tls=False) == {"sockname": ("10.0.0.2", 6)}
+    assert [r.getMessage() for r in caplog.records if "peername" in r.getMessage()]
+    assert not [r.getMessage() for r in caplog.records if "sockname" in r.getMessage()]
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2])
+@pytest.mark.parametrize("scenario", ["clean", "paused"])
+def test_span_built_at_close_caps_events_as_the_eager_one(run, scenario, cap):
+    eager_provider, deferred_provider = CountingProvider(), CountingProvider()
+    eager = tt.Telemetry(tt.Registry(), tracer_provider=eager_provider, parent_context=True, max_span_events=cap)
+    deferred = tt.Telemetry(tt.Registry(), tracer_provider=deferred_provider, span_policy="all", max_span_events=cap)
+    fan = FanOut(eager, deferred)
+    run(SCENARIOS[scenario], lambda f: tt.traced(f, name="s", observer=fan, registry=tt.Registry()))
+    (eager_span,) = eager_provider.spans()
+    (deferred_span,) = deferred_provider.spans()
+    assert _typed_items(deferred_span) == _typed_items(eager_span)
+    assert _span_view(deferred_span) == _span_view(eager_span)
+    assert len(deferred_span.events) <= cap

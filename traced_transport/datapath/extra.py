@@ -8,12 +8,23 @@ other libraries may raise, return None, or return odd types.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from operator import attrgetter, methodcaller
 from typing import Any
 
 from ..report import report
 
-_SIMPLE = ("peername", "sockname")
+# What the SSL object is asked, by snapshot key. C-level callables: no Python
+# frame per field, and nothing made per connection.
+_SSL_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("cipher", methodcaller("cipher")),
+    ("tls_version", methodcaller("version")),
+    ("alpn", methodcaller("selected_alpn_protocol")),
+    ("compression", methodcaller("compression")),
+    ("peercert", methodcaller("getpeercert")),
+    ("peercert_der", methodcaller("getpeercert", binary_form=True)),
+    ("session_reused", attrgetter("session_reused")),
+    ("server_side", attrgetter("server_side")),
+)
 
 
 def _get(transport: Any, name: str) -> Any:
@@ -24,31 +35,34 @@ def _get(transport: Any, name: str) -> Any:
         return None
 
 
-def snapshot_extra(transport: Any) -> dict[str, Any]:
-    """peername, sockname, cipher, tls_version, alpn, compression, peercert, peercert_der."""
+def snapshot_extra(transport: Any, tls: bool = True) -> dict[str, Any]:
+    """peername, sockname, cipher, tls_version, alpn, compression, peercert, peercert_der.
+
+    ``tls=False``: the caller knows the connection has no TLS (its ConnKey has
+    no version), so the SSL object is not asked for.
+    """
+    try:
+        get = transport.get_extra_info
+        peername = get("peername")
+        sockname = get("sockname")
+    except Exception:  # noqa: BLE001 - asked again one by one, so each failure is reported
+        peername = _get(transport, "peername")
+        sockname = _get(transport, "sockname")
     out: dict[str, Any] = {}
-    for name in _SIMPLE:
-        value = _get(transport, name)
-        if value is not None:
-            out[name] = value
+    if peername is not None:
+        out["peername"] = peername
+    if sockname is not None:
+        out["sockname"] = sockname
+    if not tls:
+        return out
     ssl_object = _get(transport, "ssl_object")
     if ssl_object is None:
         return out
     # From the SSL object directly when we have it: one place for every field,
     # and the DER certificate, which get_extra_info does not give.
-    calls: tuple[tuple[str, Callable[[], Any]], ...] = (
-        ("cipher", lambda: ssl_object.cipher()),
-        ("tls_version", lambda: ssl_object.version()),
-        ("alpn", lambda: ssl_object.selected_alpn_protocol()),
-        ("compression", lambda: ssl_object.compression()),
-        ("peercert", lambda: ssl_object.getpeercert()),
-        ("peercert_der", lambda: ssl_object.getpeercert(binary_form=True)),
-        ("session_reused", lambda: ssl_object.session_reused),
-        ("server_side", lambda: ssl_object.server_side),
-    )
-    for key, call in calls:
+    for key, call in _SSL_FIELDS:
         try:
-            value = call()
+            value = call(ssl_object)
         except Exception as exc:  # noqa: BLE001
             report(f"ssl_object.{key}", exc)
             continue

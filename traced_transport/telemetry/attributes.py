@@ -10,6 +10,8 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from opentelemetry.trace import SpanKind
+
 from ..datapath.classify import ConnKey
 
 # Python's ssl module reports OpenSSL cipher names; semantic conventions want
@@ -71,11 +73,7 @@ def metric_attributes(
     return attrs
 
 
-_ADDRESS_KEYS = {p: (f"{p}.address", f"{p}.port") for p in ("network.peer", "network.local")}
-
-
-def _address(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    address, port = _ADDRESS_KEYS[prefix]
+def _address(value: Any, address: str, port: str, out: dict[str, Any]) -> None:
     if isinstance(value, tuple) and len(value) >= 2:
         out[address] = str(value[0])
         if isinstance(value[1], int):
@@ -113,17 +111,61 @@ def _not_after(text: Any) -> Optional[str]:
         return None
 
 
-def span_attributes(key: ConnKey, extra: dict[str, Any], *, certificate_subjects: bool = True) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
+# A span's name and kind, its attributes before and after the per-connection
+# addresses (in span_attributes' order), and a template: every attribute of a
+# plain inet connection's span in order, the per-connection ones None. The same
+# for every connection of one key. Copying the template and replacing values
+# reuses its keys and size, where building the dict inserts (and resizes) anew.
+SpanStatics = tuple[str, SpanKind, dict[str, Any], dict[str, Any], dict[str, Any]]
+
+# The attributes every span gets at its connection's end, in this order (Telemetry._end_attributes).
+END_KEYS = (
+    "transport.received",
+    "transport.sent",
+    "transport.reading.pauses",
+    "transport.writing.pauses",
+    "transport.close_reason",
+)
+
+# By ConnKey: keys are interned and few (see classify), so this stays as small as
+# the set of attribute sets. Its dicts are only ever copied from, never handed out.
+SPAN_STATICS: dict[ConnKey, SpanStatics] = {}
+
+
+def span_statics(key: ConnKey) -> SpanStatics:
+    """``key``'s entry of ``SPAN_STATICS``, made (readers try the dict first: a hit costs no call)."""
+    head: dict[str, Any] = {"transport.name": key.name, "transport.side": key.side}
     if key.network_transport:
-        attrs["network.transport"] = key.network_transport
+        head["network.transport"] = key.network_transport
     if key.network_type:
-        attrs["network.type"] = key.network_type
-    _address(extra.get("peername"), "network.peer", attrs)
-    _address(extra.get("sockname"), "network.local", attrs)
-    if key.server_port is not None:
-        attrs["server.port"] = key.server_port
-    attrs.update(tls_attributes(extra, certificate_subjects=certificate_subjects))
+        head["network.type"] = key.network_type
+    tail: dict[str, Any] = {} if key.server_port is None else {"server.port": key.server_port}
+    kind = SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT
+    template = {
+        **head,
+        "network.peer.address": None,
+        "network.peer.port": None,
+        "network.local.address": None,
+        "network.local.port": None,
+        **tail,
+        **dict.fromkeys(END_KEYS),
+    }
+    statics = SPAN_STATICS[key] = (f"{key.name} connection", kind, head, tail, template)
+    return statics
+
+
+def span_attributes(key: ConnKey, extra: dict[str, Any], *, certificate_subjects: bool = True) -> dict[str, Any]:
+    try:
+        _, _, head, tail, _ = SPAN_STATICS[key]
+    except KeyError:
+        _, _, head, tail, _ = span_statics(key)
+    attrs = head.copy()
+    _address(extra.get("peername"), "network.peer.address", "network.peer.port", attrs)
+    _address(extra.get("sockname"), "network.local.address", "network.local.port", attrs)
+    if tail:
+        attrs.update(tail)
+    if "tls_version" in extra:
+        attrs.update(tls_attributes(extra, certificate_subjects=certificate_subjects))
     return attrs
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from ..datapath.classify import ConnKey, tls_version_of
 from ..datapath.extra import snapshot_extra
@@ -42,7 +42,14 @@ from ..datapath.record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monoton
 from ..datapath.registry import Registry, default_registry
 from ..report import report
 from ..version import __version__ as _VERSION
-from .attributes import metric_attributes, safe_cipher_name, span_attributes, tls_attributes
+from .attributes import (
+    SPAN_STATICS,
+    metric_attributes,
+    safe_cipher_name,
+    span_attributes,
+    span_statics,
+    tls_attributes,
+)
 from .histogram import MAX_PENDING, HistogramAggregate
 from .policy import SpanPolicy, span_policy
 from .tcp_info import TcpInfo, enabled_by_env, tcp_span_attributes
@@ -206,7 +213,6 @@ class Telemetry:
             # A TLS connection's socket is closed before connection_lost: the peer's EOF is when it is read.
             self.wants_eof_event = True
         self._attrs: dict[_CacheKey, dict[str, Any]] = {}
-        self._span_names: dict[str, str] = {}
         # Histogram values recorded on the loop wait here and reach the SDK at the
         # next collection (or when this many pile up), so the event loop pays a
         # deque append per connection or pause, not an SDK call.
@@ -343,10 +349,6 @@ class Telemetry:
                 self._pending.clear()
 
     # -- attributes ----------------------------------------------------------
-    def _span_name(self, name: str) -> str:
-        span_name = self._span_names[name] = f"{name} connection"
-        return span_name
-
     def attributes(
         self,
         key: ConnKey,
@@ -535,18 +537,20 @@ class Telemetry:
         if not self._tracing():
             return
         key = rec.key
+        try:
+            name, kind, _, _, _ = SPAN_STATICS[key]
+        except KeyError:
+            name, kind, _, _, _ = span_statics(key)
         # No attributes at start: the SDK validates every attribute it is
         # given, and the sampler has the span name (which carries
         # transport.name) and kind to decide on.
-        span = self.tracer.start_span(
-            self._span_names.get(key.name) or self._span_name(key.name),
-            kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
-            start_time=_ns(rec.opened_at),
-        )
+        span = self.tracer.start_span(name, kind=kind, start_time=int((rec.opened_at + WALL_OFFSET) * 1e9))
         if span.is_recording():
             # Only now is the peer, TLS and certificate looked up: an
             # unsampled connection costs nothing more.
-            extra = rec.extra if rec.extra is not None else snapshot_extra(transport)
+            extra = rec.extra
+            if extra is None:
+                extra = snapshot_extra(transport, key.tls_version is not None)
             span.set_attributes(span_attributes(key, extra, certificate_subjects=self.certificate_subjects))
             rec.state = _SpanState(span, self.parent_context)
 
@@ -758,11 +762,13 @@ class Telemetry:
             self._exemplar_for_earlier(ids, at_ns, self._handshake, rec.tls_handshake_s, rec.key, None, cipher, version)
 
     def _end_attributes(self, rec: ConnectionRecord, dropped: int, tcp_info: Optional[TcpInfo]) -> dict[str, Any]:
+        # The pause counts straight from the record's rare part: its properties cost a frame each.
+        rare = rec._rare
         end_attrs: dict[str, Any] = {
             "transport.received": rec.rx,
             "transport.sent": rec.tx,
-            "transport.reading.pauses": rec.read_pauses,
-            "transport.writing.pauses": rec.write_pauses,
+            "transport.reading.pauses": 0 if rare is None else rare.read_pauses,
+            "transport.writing.pauses": 0 if rare is None else rare.write_pauses,
             "transport.close_reason": rec.close_reason,
         }
         if rec.error_type:
@@ -774,12 +780,13 @@ class Telemetry:
         return end_attrs
 
     def _finish(self, span: Any, rec: ConnectionRecord, exc: Optional[BaseException]) -> Any:
+        end_time = int((rec.closed_at + WALL_OFFSET) * 1e9)  # type: ignore[operator]  # set before on_close
         if exc is not None:
-            span.record_exception(exc, timestamp=_ns(rec.closed_at))  # type: ignore[arg-type]  # set before on_close
+            span.record_exception(exc, timestamp=end_time)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         elif rec.close_reason == TLS_FAILED:
             span.set_status(Status(StatusCode.ERROR, TLS_FAILED))
-        span.end(end_time=_ns(rec.closed_at))  # type: ignore[arg-type]  # set before on_close
+        span.end(end_time=end_time)
         return span.get_span_context()
 
     def _end_eager(
@@ -789,6 +796,17 @@ class Telemetry:
         span.set_attributes(self._end_attributes(rec, state.dropped, tcp_info))
         return self._finish(span, rec, exc)
 
+    def _capped_events(self, events: list[_Event], dropped: int, eof_at: Optional[float]) -> tuple[list[_Event], int]:
+        """The events of a span built at close, and how many the cap dropped."""
+        if eof_at is not None:
+            # The EOF goes where its time puts it among the pauses, under the same cap.
+            eof = ("eof", eof_at, None)
+            events = [*events, eof] if not events or events[-1][1] <= eof_at else sorted([*events, eof], key=_at)
+            if len(events) > self.max_span_events:
+                dropped += len(events) - self.max_span_events
+                events = events[: self.max_span_events]
+        return events, dropped
+
     def _build_span(
         self,
         rec: ConnectionRecord,
@@ -796,42 +814,112 @@ class Telemetry:
         deferred: Optional[_Deferred],
         tcp_info: Optional[TcpInfo] = None,
     ) -> Any:
-        """The span an eager one would have been, made now with the connection's own times."""
+        """The span an eager one would have been, made now with the connection's own times.
+
+        Every span of a kept connection comes through here, so the common one (no
+        TLS, no pause, inet addresses) is built without calls of ours: its
+        attributes are a copy of its ConnKey's template (``SPAN_STATICS``) with the
+        per-connection values put in. Anything else takes ``span_attributes``, as
+        the eager span does.
+        """
         key = rec.key
-        events: list[_Event] = [] if deferred is None else deferred.events
-        dropped = 0 if deferred is None else deferred.dropped
-        if rec.eof_at is not None:
-            # The EOF goes where its time puts it among the pauses, under the same cap.
-            eof = ("eof", rec.eof_at, None)
-            events = [*events, eof] if not events or events[-1][1] <= rec.eof_at else sorted([*events, eof], key=_at)
-            if len(events) > self.max_span_events:
-                dropped += len(events) - self.max_span_events
-                events = events[: self.max_span_events]
+        try:
+            name, kind, _, _, template = SPAN_STATICS[key]
+        except KeyError:
+            name, kind, _, _, template = span_statics(key)
+        eof_at = rec.eof_at
+        events: Optional[list[_Event]]
+        if deferred is None:
+            # No pauses: at most the EOF, as the only event.
+            parent = tls_extra = events = None
+            dropped = 0
+            if eof_at is not None and self.max_span_events < 1:
+                events, dropped = self._capped_events([], 0, eof_at)
+        else:
+            parent = deferred.parent
+            tls_extra = deferred.tls_extra
+            events, dropped = self._capped_events(deferred.events, deferred.dropped, eof_at)
         # As the eager span did: the sampler gets the name, kind and parent,
         # and only a sampled span has its attributes computed.
         span = self.tracer.start_span(
-            self._span_names.get(key.name) or self._span_name(key.name),
-            context=None if deferred is None else deferred.parent,
-            kind=SpanKind.SERVER if key.side == "server" else SpanKind.CLIENT,
-            start_time=_ns(rec.opened_at),
+            name, context=parent, kind=kind, start_time=int((rec.opened_at + WALL_OFFSET) * 1e9)
         )
         if not span.is_recording():
             return None
-        extra = rec.extra
-        if extra is None:
-            transport = rec.transport
-            extra = snapshot_extra(transport) if transport is not None else {}
-        attributes = span_attributes(key, extra, certificate_subjects=self.certificate_subjects)
-        if deferred is not None and deferred.tls_extra is not None:
-            attributes.update(tls_attributes(deferred.tls_extra, certificate_subjects=self.certificate_subjects))
-        attributes.update(self._end_attributes(rec, dropped, tcp_info))
+        rare = rec._rare  # not rec.extra: a property, a frame
+        extra = None if rare is None else rare.extra
+        attributes: Optional[dict[str, Any]] = None
+        if extra is None and tls_extra is None and key.tls_version is None:
+            # No TLS to describe (the key has no version): the addresses are all the transport is asked.
+            ref = rec._transport_ref
+            transport = None if ref is None else ref()
+            if transport is None:
+                extra = {}
+            else:
+                try:
+                    get = transport.get_extra_info
+                    peer = get("peername")
+                    local = get("sockname")
+                except Exception:  # noqa: BLE001 - asked again one by one, so each failure is reported
+                    extra = snapshot_extra(transport, False)
+                else:
+                    if (
+                        type(peer) is tuple
+                        and len(peer) > 1
+                        and type(peer[1]) is int
+                        and type(local) is tuple
+                        and len(local) > 1
+                        and type(local[1]) is int
+                    ):
+                        # span_attributes' and _end_attributes' keys, in their order (the template's).
+                        attributes = template.copy()
+                        attributes["network.peer.address"] = str(peer[0])
+                        attributes["network.peer.port"] = peer[1]
+                        attributes["network.local.address"] = str(local[0])
+                        attributes["network.local.port"] = local[1]
+                        attributes["transport.received"] = rec.rx
+                        attributes["transport.sent"] = rec.tx
+                        if rare is None:
+                            attributes["transport.reading.pauses"] = attributes["transport.writing.pauses"] = 0
+                        else:
+                            attributes["transport.reading.pauses"] = rare.read_pauses
+                            attributes["transport.writing.pauses"] = rare.write_pauses
+                        attributes["transport.close_reason"] = rec.close_reason
+                        if rec.error_type:
+                            attributes["error.type"] = rec.error_type
+                        if dropped:
+                            attributes["transport.events.dropped"] = dropped
+                        if tcp_info is not None:
+                            attributes.update(tcp_span_attributes(tcp_info))
+                    else:
+                        extra = {}
+                        if peer is not None:
+                            extra["peername"] = peer
+                        if local is not None:
+                            extra["sockname"] = local
+        if attributes is None:
+            if extra is None:
+                ref = rec._transport_ref
+                transport = None if ref is None else ref()
+                extra = {} if transport is None else snapshot_extra(transport)
+            attributes = span_attributes(key, extra, certificate_subjects=self.certificate_subjects)
+            if tls_extra is not None:
+                attributes.update(tls_attributes(tls_extra, certificate_subjects=self.certificate_subjects))
+            attributes.update(self._end_attributes(rec, dropped, tcp_info))
         span.set_attributes(attributes)
-        for name, at, seconds in events:
-            span.add_event(
-                f"transport.{name}",
-                {"transport.pause.duration": seconds} if seconds is not None else None,
-                timestamp=_ns(at),
-            )
+        if events is None:
+            if eof_at is not None:
+                span.add_event("transport.eof", None, timestamp=int((eof_at + WALL_OFFSET) * 1e9))
+        else:
+            for event, at, seconds in events:
+                span.add_event(
+                    f"transport.{event}",
+                    {"transport.pause.duration": seconds} if seconds is not None else None,
+                    timestamp=int((at + WALL_OFFSET) * 1e9),
+                )
+        if exc is None and rec.close_reason != TLS_FAILED:
+            span.end(end_time=int((rec.closed_at + WALL_OFFSET) * 1e9))  # type: ignore[operator]  # set before on_close
+            return span.get_span_context()
         return self._finish(span, rec, exc)
 
     @staticmethod
