@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import proxy as _proxy
 from . import shapes as _shapes
-from .record import ConnectionRecord
+from .record import ConnectionRecord, monotonic
 
 _make_proxy = _proxy.make_proxy
 _proxy_recipes = _proxy._recipes
@@ -95,10 +95,13 @@ def _data_received(self: Any, data: bytes) -> None:
 
 def _eof_received(self: Any) -> Any:  # the app's answer (bool | None), passed on as is
     rec = self._rec
-    if rec.group.eof_hooks:
+    group = rec.group
+    if group.eof_hooks:  # an observer wants the EOF as an event: the record's full path
         rec.eof_received()
-    else:  # nobody wants its time or an event: the flag is all there is to it
+    else:  # the flag and, if a span may want it, the time: without the record's frame
         rec._flags |= _EOF
+        if group.timed_eof and rec.eof_at is None:
+            rec.eof_at = monotonic()
     return self._app.eof_received()
 
 

@@ -133,7 +133,8 @@ class Group:
         self.tcp_info = bool(getattr(observer, "tcp_info", False))
         # One test per connection instead of one per optional step.
         self.open_hooks = bool(capture_extra or self.on_open is not None)
-        self.eof_hooks = bool(self.timed_eof or (self.eof_event and self.on_event is not None))
+        # Whether the peer's EOF is an observer event (else the wrapper sets the flag and time itself).
+        self.eof_hooks = bool(self.eof_event and self.on_event is not None)
 
     def listening_on(self, sockets: Any) -> None:
         """The loop hooks saw this group's factory serve ``sockets`` (None: something else, e.g. an accepted socket)."""
