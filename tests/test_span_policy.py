@@ -97,15 +97,21 @@ async def _aborted(wrap_server) -> None:
     await closed(server)
 
 
-async def _reset(wrap_server) -> None:
-    loop = asyncio.get_running_loop()
-    accepted = loop.create_future()
+def _accepting():
+    """A protocol factory for one connection, and a future of the app protocol it made."""
+    accepted = asyncio.get_running_loop().create_future()
 
     def factory():
         app = Collect()
         accepted.set_result(app)
         return app
 
+    return factory, accepted
+
+
+async def _reset(wrap_server) -> None:
+    loop = asyncio.get_running_loop()
+    factory, accepted = _accepting()
     server = await loop.create_server(wrap_server(factory), "127.0.0.1", 0)
     sock = socket.socket()
     sock.setblocking(False)
@@ -312,13 +318,7 @@ async def _tls(wrap_server, server_ctx, client_ctx) -> None:
 
 async def _unix(wrap_server, path) -> None:
     loop = asyncio.get_running_loop()
-    accepted = loop.create_future()
-
-    def factory():
-        app = Collect()
-        accepted.set_result(app)
-        return app
-
+    factory, accepted = _accepting()
     server = await loop.create_unix_server(wrap_server(factory), path)
     c_tr, _ = await loop.create_unix_connection(Collect, path)
     s_app = await accepted

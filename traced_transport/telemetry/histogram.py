@@ -165,7 +165,7 @@ class HistogramAggregate:
                 self._add_batch(key, self._attributes[key], batch)
 
     def _add_batch(self, key: Hashable, attributes: dict[str, Any], batch: list[float]) -> None:
-        """``_add`` of each value of ``batch`` in order, to the cumulative point and each interval's;
+        """Each value of ``batch`` counted in order, in the cumulative point and each interval's;
         for a large batch, with the per-value work done in C."""
         size = len(self.bounds) + 1
         points = [self._points.get(key) or self._points.setdefault(key, HistogramPoint(attributes, size))]
@@ -213,19 +213,6 @@ class HistogramAggregate:
                 if value > point.max:
                     point.max = value
 
-    def _add(
-        self, points: dict[Hashable, HistogramPoint], i: int, value: float, key: Hashable, attributes: dict[str, Any]
-    ) -> None:
-        point = points.get(key)
-        if point is None:
-            point = points[key] = HistogramPoint(attributes, len(self.bounds) + 1)
-        point.counts[i] += 1
-        point.sum += value
-        if value < point.min:
-            point.min = value
-        if value > point.max:
-            point.max = value
-
     def record_with_exemplar(
         self, value: float, key: Hashable, attributes: dict[str, Any], trace_id: int, span_id: int, time_ns: int
     ) -> None:
@@ -235,10 +222,9 @@ class HistogramAggregate:
         with self._lock:
             # The values recorded before this one are counted before it, as they were recorded.
             self._fold()
-            self._add(self._points, i, value, key, attributes)
+            self._add_batch(key, attributes, [value])
             self._set_exemplar(self._points[key], i, exemplar)
             for interval in self._intervals:
-                self._add(interval[0], i, value, key, attributes)
                 self._set_exemplar(interval[0][key], i, exemplar)
 
     def add_exemplar(self, value: float, key: Hashable, trace_id: int, span_id: int, time_ns: int) -> None:
