@@ -18,7 +18,6 @@ from . import proxy as _proxy
 from . import shapes as _shapes
 from .record import ConnectionRecord, monotonic
 
-_make_proxy = _proxy.make_proxy
 _proxy_recipes = _proxy._recipes
 _proxy_recipe_for = _proxy._recipe_for
 _new = object.__new__

@@ -277,7 +277,7 @@ async def _start_tls(
     inner = proxy._transport
     rec = proxy._rec
     old = _proxy.wrapper_of(proxy)
-    if old is None or rec.closed_at is not None:
+    if old is None:  # the connection is over, or nothing of ours is installed on it
         return await original(loop, inner, protocol, sslcontext, *args, **kwargs)
     # Upgrade the real transport (uvloop accepts nothing else) with a fresh
     # wrapper above TLS, so the record goes on counting what the app sees.
