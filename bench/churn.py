@@ -5,6 +5,8 @@
 Server in a child process, load from this process's children, same run. Modes:
   plain      unwrapped server
   reference  (on request) bench/echo.py's minimal forwarding protocol + proxy, counting nothing
+  minimal    (on request) bench/minimal.py: the least a recording wrapper does per connection, in Python
+  minimal_count  (on request) the same without the attribute set and the fold
   core       traced(registry=...) - recording only, no OpenTelemetry
   metrics    traced() with the SDK's MeterProvider + Prometheus reader, no tracer provider set
   default    metrics + TracerProvider() (default sampler: every span sampled), BatchSpanProcessor to an
@@ -63,6 +65,11 @@ def server_factory(mode: str, protocol):
         from echo_server import RefProtocol
 
         return lambda: RefProtocol(protocol())
+    if mode in ("minimal", "minimal_count"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import minimal
+
+        return minimal.factory(protocol, count_only=mode == "minimal_count")
     if mode == "core":
         return tt.traced(protocol, name="churn", registry=tt.Registry())
     return tt.traced(protocol, name="churn")
