@@ -7,7 +7,7 @@ import asyncio
 from _helpers import Collect, closed, tcp_pair
 
 import traced_transport as tt
-from traced_transport.datapath.protocols import PlainWrapper
+from traced_transport.datapath.protocols import PlainWrapper, wrap
 from traced_transport.datapath.record import ConnectionRecord, Group
 
 
@@ -24,8 +24,8 @@ def test_the_factory_makes_the_wrapper_and_record_the_constructors_make(run):
         return factory(), factory()  # the first learns the classes, the second takes the short path
 
     for fast in run(main):
-        slow = PlainWrapper(fast._app, ConnectionRecord(factory.group))
-        assert type(fast) is type(slow) and type(fast._app) is asyncio.Protocol and fast._proxy is None
+        slow = wrap(fast._app, ConnectionRecord(factory.group))
+        assert type(fast) is type(slow) is PlainWrapper and type(fast._app) is asyncio.Protocol and fast._proxy is None
         assert _fields(fast._rec) == _fields(slow._rec)
 
 

@@ -20,7 +20,6 @@ from .record import ConnectionRecord, monotonic
 
 _proxy_recipes = _proxy._recipes
 _proxy_recipe_for = _proxy._recipe_for
-_new = object.__new__
 _EOF = 1  # record._flags bit (record.py)
 
 
@@ -34,16 +33,16 @@ class _Wrapper:
     _rec: ConnectionRecord
     _proxy: Any
 
-    def __init__(self, app: Any, rec: ConnectionRecord) -> None:
-        self._app = app
-        self._rec = rec  # type: ignore[misc]  # the slots are the concrete classes' (_SLOTS)
-        self._proxy = None
+    # Made by a type call without arguments and its fields set after (see new_wrapper and the
+    # factory): object's own __init__ as a C slot, no frame, and no object.__new__ call, which
+    # costs an argument tuple and its slice.
+    __init__ = object.__init__
 
     def connection_made(self, transport: Any) -> None:
         rec = self._rec
         # make_proxy(transport, rec), without its frame: once per connection.
         cls, set_transport, set_rec, pipes = _proxy_recipes.get(type(transport)) or _proxy_recipe_for(type(transport))
-        proxy = self._proxy = _new(cls)
+        proxy = self._proxy = cls()
         set_transport(proxy, transport)
         set_rec(proxy, rec)
         if pipes:
@@ -66,7 +65,7 @@ class _Wrapper:
         if type(self) is cls:
             self._app = protocol
             return
-        new = cls(protocol, self._rec)
+        new = new_wrapper(cls, protocol, self._rec)
         new._proxy = proxy
         self._proxy = None
         proxy._transport.set_protocol(new)
@@ -191,9 +190,6 @@ class _AlreadyTraced:
 
     __slots__ = ()
 
-    def __new__(cls, app: Any, rec: ConnectionRecord) -> Any:
-        return app
-
 
 _class_cache: dict[tuple[type, type], type] = {}
 
@@ -230,8 +226,19 @@ def wrapper_class_in(group: Any, app: Any, loop: Any = None) -> type:
     return cls
 
 
-def wrap(app: Any, rec: ConnectionRecord, loop: Any = None) -> _Wrapper:
-    return wrapper_class(app, rec, loop)(app, rec)  # type: ignore[no-any-return]  # a class built at run time
+def new_wrapper(cls: type, app: Any, rec: ConnectionRecord) -> Any:
+    """An instance of the wrapper class ``cls`` for ``app`` (``app`` itself if ``cls`` is _AlreadyTraced)."""
+    if cls is _AlreadyTraced:
+        return app
+    wrapper: Any = cls()
+    wrapper._app = app
+    wrapper._rec = rec
+    wrapper._proxy = None
+    return wrapper
+
+
+def wrap(app: Any, rec: ConnectionRecord, loop: Any = None) -> Any:
+    return new_wrapper(wrapper_class(app, rec, loop), app, rec)
 
 
 def app_of(protocol: Any) -> Any:

@@ -70,6 +70,10 @@ class TracedTransport:
     _transport: Any
     _rec: ConnectionRecord
     _pipes: dict[int, Any]  # subprocess transports' proxies only: fd -> pipe proxy
+    # Made by a type call without arguments, the slots set through their descriptors (see
+    # make_proxy): object's own __init__ as a C slot, not a real transport base class's
+    # (_FlowControlMixin's would set attributes through our __setattr__).
+    __init__ = object.__init__
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._transport!r}>"
@@ -490,7 +494,6 @@ def proxy_class_for(inner_cls: type) -> type:
     return cls
 
 
-_new = object.__new__
 # Real transport class -> (proxy class, the __set__ of its _transport and _rec
 # slot descriptors, whether it has a _pipes slot). The setters go past
 # the forwarding __setattr__, and cost less than object.__setattr__ (no lookup
@@ -511,7 +514,7 @@ def add_pipes(proxy: Any) -> None:
 
 def make_proxy(inner: Any, rec: ConnectionRecord) -> Any:
     cls, set_transport, set_rec, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
-    proxy: Any = _new(cls)
+    proxy: Any = cls()
     set_transport(proxy, inner)
     set_rec(proxy, rec)
     if pipes:

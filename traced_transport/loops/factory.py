@@ -109,9 +109,9 @@ class TracedProtocolFactory:
             cls = self._learn(app, _get_running_loop())
         if cls is None:
             return app
-        # The wrapper and ConnectionRecord(group), made here without a type call
-        # or frame each: once per connection. The record's fields are __init__'s
-        # (a test compares them).
+        # The wrapper and ConnectionRecord(group), made here without a frame
+        # each: once per connection. The record's fields are __init__'s (a test
+        # compares them).
         rec = _new(ConnectionRecord)
         rec.group = self.group
         rec.key = None  # type: ignore[assignment]  # set when it opens
@@ -126,7 +126,7 @@ class TracedProtocolFactory:
         rec._flags = 0
         rec._rare = None
         rec.eof_at = None
-        wrapper: Any = _new(cls)
+        wrapper: Any = cls()  # protocols.new_wrapper, inline
         wrapper._app = app
         wrapper._rec = rec
         wrapper._proxy = None
