@@ -140,6 +140,7 @@ class MinimalRecord(MinimalCount):
 
 
 def factory(protocol: Callable[[], Any], count_only: bool = False) -> Callable[[], Any]:
+    """A protocol factory recording into its own group (``factory(...).group``: live set and totals)."""
     cls = MinimalCount if count_only else MinimalRecord
     group = _Group()
 
@@ -151,4 +152,5 @@ def factory(protocol: Callable[[], Any], count_only: bool = False) -> Callable[[
         w.closed_at = None
         return w
 
+    make.group = group  # type: ignore[attr-defined]
     return make
