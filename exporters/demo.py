@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -109,6 +110,7 @@ class Load:
         self.rng = random.Random(seed)
         self.stop = asyncio.Event()
         self.errors = 0
+        self._reported: set[tuple[str, type]] = set()
 
     async def run(self) -> None:
         kinds = [self.echo, self.echo, self.slow_reader, self.tls, self.http, self.http, self.abort, self.bad_tls]
@@ -124,7 +126,18 @@ class Load:
                 await kind()
             except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
                 self.errors += 1
+            except Exception as exc:  # noqa: BLE001 - one session failed; this client's load goes on
+                self.errors += 1
+                self._report(kind, exc)
             await asyncio.sleep(self.rng.uniform(0.01, 0.1))  # pacing of the load, not synchronisation
+
+    def _report(self, kind: Any, exc: Exception) -> None:
+        # Once per kind of session and kind of failure: enough to see why, without a flood.
+        what = (getattr(kind, "__name__", repr(kind)), type(exc))
+        if what not in self._reported:
+            self._reported.add(what)
+            print(f"demo: a {what[0]} session failed (reported once):", file=sys.stderr)
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
     async def echo(self) -> None:
         reader, writer = await tt.open_connection(self.host, self.ends.echo, name="echo-client")

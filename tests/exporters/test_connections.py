@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from typing import Optional
 
 import pytest
 
@@ -324,13 +325,19 @@ def test_demo_serves_the_view_on_loopback_and_prints_its_url(tmp_path):
             tls = [r for r in doc["connections"] if r["name"] == "tls-echo" and r["tls_version"]]
             return {"echo", "tls-echo"} <= found and bool(tls), found
 
-        wait_for(names, 30, "echo and TLS connections in the view", interval=0.2)
+        failure: Optional[BaseException] = None
+        try:
+            wait_for(names, 30, "echo and TLS connections in the view", interval=0.2)
+        except pytest.fail.Exception as exc:
+            failure = exc
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         log.seek(0)
         output = log.read()
         log.close()
+    if failure is not None:  # with what the demo said, which the wait alone does not show
+        pytest.fail(f"{failure}\n--- the demo's output ---\n{output}")
     assert code == 0, output
 
 

@@ -96,3 +96,24 @@ def test_plain_summary_when_not_a_terminal():
     assert "\x1b[" not in proc.stdout, "no terminal escapes in a pipe"
     check_table(lines[final:])
     assert all(len(line) < 100 for line in lines)
+
+
+def test_a_load_client_goes_on_after_a_session_fails_unexpectedly(capsys):
+    """A session raising something unexpected is counted and reported once; its client keeps going."""
+    import asyncio
+
+    from traced_transport.exporters.demo import Endpoints, Load
+
+    load = Load("127.0.0.1", Endpoints(echo=0, tls=0, http=0, metrics_url=None), None, 1, 1)  # type: ignore[arg-type]
+    sessions = []
+
+    async def broken() -> None:
+        sessions.append(1)
+        if len(sessions) == 3:
+            load.stop.set()
+        raise LookupError("no such thing")
+
+    asyncio.run(load._loop(broken))
+    assert len(sessions) == 3 and load.errors == 3
+    err = capsys.readouterr().err
+    assert err.count("a broken session failed") == 1 and "LookupError: no such thing" in err
