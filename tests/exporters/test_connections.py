@@ -309,6 +309,7 @@ def test_demo_serves_the_view_on_loopback_and_prints_its_url(tmp_path):
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    failure: Optional[BaseException] = None
     try:
 
         def url():
@@ -325,18 +326,16 @@ def test_demo_serves_the_view_on_loopback_and_prints_its_url(tmp_path):
             tls = [r for r in doc["connections"] if r["name"] == "tls-echo" and r["tls_version"]]
             return {"echo", "tls-echo"} <= found and bool(tls), found
 
-        failure: Optional[BaseException] = None
-        try:
-            wait_for(names, 30, "echo and TLS connections in the view", interval=0.2)
-        except pytest.fail.Exception as exc:
-            failure = exc
+        wait_for(names, 30, "echo and TLS connections in the view", interval=0.2)
+    except pytest.fail.Exception as exc:  # either wait: reported below, with what the demo said
+        failure = exc
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         log.seek(0)
         output = log.read()
         log.close()
-    if failure is not None:  # with what the demo said, which the wait alone does not show
+    if failure is not None:
         pytest.fail(f"{failure}\n--- the demo's output ---\n{output}")
     assert code == 0, output
 
