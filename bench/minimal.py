@@ -106,6 +106,8 @@ def _gone(ref: Any) -> None:
 
 
 class MinimalRecord(MinimalCount):
+    # connection_made/connection_lost repeat MinimalCount's lines rather than call them: a super()
+    # call is a frame per connection, which would raise the floor this measures.
     __slots__ = ("key", "close_reason", "transport_ref")
 
     def connection_made(self, transport: Any) -> None:
