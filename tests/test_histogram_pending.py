@@ -3,7 +3,8 @@
 What must hold: the points equal those of counting each value when recorded
 (counts, sum to the bit, min, max), however the values were batched; nothing is
 lost or counted twice when a reader folds beside the recording thread; and the
-fast path of ``Telemetry.on_close`` ends where the general path would have.
+fast path of ``Telemetry.on_close``, and its copy that ``ConnectionRecord.close``
+takes without the call (``Group.quiet_close``), end where the general path would have.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import pytest
 
 import traced_transport as tt
+import traced_transport.datapath.record as record_module
 import traced_transport.telemetry.telemetry as telemetry_module
 from traced_transport.datapath.classify import ConnKey
 from traced_transport.datapath.record import ConnectionRecord, Group
@@ -316,3 +318,128 @@ def test_span_policy_drops_up_to():
     assert SpanPolicy("all").drops_up_to == -math.inf
     assert SpanPolicy("slower_than=5,ratio=0.1").drops_up_to == -math.inf
     assert SpanPolicy("errors,slower_than=5") == SpanPolicy("slower_than=5,errors")
+
+
+# -- Group.quiet_close: ConnectionRecord.close takes the fast path itself, without calling on_close ------------
+NOW = 1000.0
+
+
+class CallCounter:
+    """Counts the calls the group makes to ``Telemetry.on_close`` (bound when the group is made)."""
+
+    def __init__(self, telemetry: tt.Telemetry) -> None:
+        self.calls = 0
+        on_close = telemetry.on_close
+
+        def counted(rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
+            self.calls += 1
+            on_close(rec, exc)
+
+        telemetry.on_close = counted  # type: ignore[method-assign]
+
+
+def _closed_by_record(
+    group: Group, duration: float, key: ConnKey = KEY, exc: Optional[BaseException] = None, state: Any = None
+) -> ConnectionRecord:
+    rec = ConnectionRecord(group)
+    rec.key = key
+    rec.opened_at = NOW - duration
+    rec.state = state
+    rec.close(exc)
+    return rec
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    monkeypatch.setattr(record_module, "monotonic", lambda: NOW)
+
+
+def test_record_close_ends_where_on_close_does(fixed_clock):
+    rng = random.Random(11)
+    quiet, general = _telemetry(), _telemetry()
+    counter = CallCounter(quiet)
+    group = Group("pending", "server", quiet.registry, quiet)
+    for _ in range(2000):
+        duration = rng.expovariate(rng.choice([1000.0, 0.5]))
+        key = KEY if rng.random() < 0.9 else OTHER_KEY
+        exc = ConnectionResetError() if rng.random() < 0.05 else None
+        rec = _closed_by_record(group, duration, key, exc)
+        twin = _record(general, rec.closed_at - rec.opened_at, key, rec.error_type)  # type: ignore[operator]
+        general._on_close(twin, exc)
+    assert _duration_points(quiet) == _duration_points(general)
+    # Most connections took the fast path inside close(): the calls are the errors, the slow ones
+    # (the default policy keeps slower_than=10), each change of key and each full pending list.
+    assert 100 < counter.calls < 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "calls"),
+    [
+        ("nothing", 1),
+        ("error", 2),
+        ("aborted", 2),
+        ("state", 2),
+        ("slow", 2),
+        ("other key", 2),
+        ("access_log", 2),
+        ("span policy all", 2),
+        ("reader detached", 2),
+    ],
+)
+def test_what_makes_record_close_call_on_close_again(fixed_clock, change, calls):
+    telemetry = _telemetry()
+    counter = CallCounter(telemetry)
+    group = Group("pending", "server", telemetry.registry, telemetry)
+    _closed_by_record(group, 0.003)  # the first one calls: on_close sets the group's fast path up
+    assert counter.calls == 1 and group.quiet_close is not None
+    duration, key, exc, state = 0.003, KEY, None, None
+    if change == "error":
+        exc = ConnectionResetError()
+    elif change == "state":
+        state = object()
+    elif change == "slow":
+        duration = 11.0
+    elif change == "other key":
+        key = OTHER_KEY
+    elif change == "access_log":
+        telemetry.access_log = True
+    elif change == "span policy all":
+        telemetry.span_policy = SpanPolicy("all")
+    elif change == "reader detached":
+        telemetry.histogram_reader(False)
+    if change == "aborted":
+        rec = ConnectionRecord(group)
+        rec.key, rec.opened_at, rec.aborted = KEY, NOW - duration, True
+        rec.close(None)
+    else:
+        _closed_by_record(group, duration, key, exc, state)
+    assert counter.calls == calls
+    points = telemetry.histograms[DURATION].points()[1]
+    assert sum(p.count for p in points) == 2
+
+
+def test_record_close_leaves_a_full_pending_list_to_on_close(fixed_clock, monkeypatch):
+    monkeypatch.setattr(telemetry_module, "MAX_PENDING", 3)
+    telemetry = _telemetry()
+    counter = CallCounter(telemetry)
+    group = Group("pending", "server", telemetry.registry, telemetry)
+    aggregate = telemetry.histograms[DURATION]
+    for _ in range(4):
+        _closed_by_record(group, 0.003)
+    # The first sets the fast path up; the next two append; the fourth finds the list full and
+    # on_close folds it.
+    assert counter.calls == 2
+    (values,) = aggregate._pending.values()
+    assert values == [] and sum(next(iter(aggregate._points.values())).counts) == 4
+
+
+def test_a_failing_on_close_leaves_the_record_ended(fixed_clock):
+    telemetry = _telemetry()
+
+    def broken(rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
+        raise RuntimeError("observer bug")
+
+    telemetry.on_close = broken  # type: ignore[method-assign]
+    group = Group("pending", "server", telemetry.registry, telemetry)
+    rec = _closed_by_record(group, 0.003)
+    assert rec.close_reason == "closed" and group.quiet_close is None

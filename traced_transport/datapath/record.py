@@ -58,6 +58,10 @@ class RegistryLike(Protocol):
     def _fold_now(self) -> None: ...
 
 
+# What an observer lets a record do at close instead of calling on_close (Group.quiet_close).
+QuietClose = tuple[ConnKey, list[float], float, int]
+
+
 class Group:
     """What one ``traced()`` call shares between its connections.
 
@@ -87,6 +91,8 @@ class Group:
         "listeners",
         "open_hooks",
         "eof_hooks",
+        "quiet_close",
+        "__weakref__",
     )
 
     def __init__(
@@ -135,6 +141,12 @@ class Group:
         self.open_hooks = bool(capture_extra or self.on_open is not None)
         # Whether the peer's EOF is an observer event (else the wrapper sets the flag and time itself).
         self.eof_hooks = bool(self.eof_event and self.on_event is not None)
+        # Set by the observer: (key, values, up_to, max_values). A connection of attribute set
+        # ``key`` that ends without error or observer state, lasting at most ``up_to`` seconds,
+        # needs nothing from on_close but its duration appended to ``values`` while that holds
+        # fewer than ``max_values``: record.close does that itself, without the call (see
+        # QuietClose). None: every close calls on_close.
+        self.quiet_close: Optional[QuietClose] = None
 
     def listening_on(self, sockets: Any) -> None:
         """The loop hooks saw this group's factory serve ``sockets`` (None: something else, e.g. an accepted socket)."""
@@ -343,7 +355,7 @@ class ConnectionRecord:
                 self.reading_resumed()
             if rare.write_paused_since is not None:
                 self.writing_resumed()
-        self.closed_at = monotonic()
+        closed_at = self.closed_at = monotonic()
         if exc is None and reason is None:
             # A clean end: the reason follows from the flags alone (one lookup).
             flags = self._flags
@@ -362,11 +374,24 @@ class ConnectionRecord:
         group._live.discard(self)
         if len(ended) > MAX_ENDED:
             group.registry._fold_now()
-        if group.on_close is not None:
-            try:
-                group.on_close(self, exc)
-            except Exception as exc2:  # noqa: BLE001
-                report("observer.on_close", exc2)
+        on_close = group.on_close
+        if on_close is not None:
+            # Most connections: what the observer would do with them is an append, without its call.
+            quiet = group.quiet_close
+            if (
+                quiet is not None
+                and quiet[0] is self.key
+                and self.error_type is None
+                and self.state is None
+                and (duration := closed_at - self.opened_at) <= quiet[2]
+                and len(values := quiet[1]) < quiet[3]
+            ):
+                values.append(duration)
+            else:
+                try:
+                    on_close(self, exc)
+                except Exception as exc2:  # noqa: BLE001
+                    report("observer.on_close", exc2)
         # Kept until the observer is done: it may read get_extra_info (or TCP_INFO) at close.
         # Dropping the weak reference drops its abandoned-transport callback with it.
         self._transport_ref = None

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -38,7 +39,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from ..datapath.classify import ConnKey, tls_version_of
 from ..datapath.extra import snapshot_extra
-from ..datapath.record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, monotonic
+from ..datapath.record import TLS_FAILED, WALL_OFFSET, ConnectionRecord, Group, monotonic
 from ..datapath.registry import Registry, default_registry
 from ..report import report
 from ..version import __version__ as _VERSION
@@ -245,6 +246,9 @@ class Telemetry:
         # The last of them used, with its key: most listeners have one attribute set, and an identity
         # test costs less than hashing a ConnKey.
         self._last_clean: tuple[object, list[float]] = (_NO_KEY, [])
+        # Groups whose records take the fast path without calling on_close (Group.quiet_close):
+        # told to stop when a setting changes.
+        self._quiet_groups: weakref.WeakSet[Group] = weakref.WeakSet()
         self._set_fast_close()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -257,6 +261,11 @@ class Telemetry:
         # Worked out when a setting changes, not per connection: how long a connection without error or
         # pause may last and still take on_close's fast path, for groups without a policy of their own.
         self._fast_close_up_to = self._fast_close_limit(self.span_policy)
+        # The groups' own copies of the fast path's answer: gone, until on_close works them out again.
+        quiet_groups = getattr(self, "_quiet_groups", None)
+        if quiet_groups:
+            for group in list(quiet_groups):
+                group.quiet_close = None
 
     def _fast_close_limit(self, policy: SpanPolicy) -> float:
         if self._tcp is not None or self.access_log or not self._histogram_readers:
@@ -266,10 +275,6 @@ class Telemetry:
         if not self.spans or self.parent_context:
             return math.inf  # no span is decided at close
         return policy.drops_up_to
-
-    def _fast_close_under(self, policy: SpanPolicy, duration: float) -> bool:
-        """on_close's fast path for a group with its own span policy."""
-        return duration <= self._fast_close_limit(policy)
 
     def _create_instruments(self, meter: Any) -> None:
         self.meter = m = meter
@@ -654,10 +659,9 @@ class Telemetry:
         if rec.state is not None or rec.error_type is not None:
             return self._on_close(rec, exc)
         duration = rec.closed_at - rec.opened_at  # type: ignore[operator]  # set before on_close
-        if rec.group.span_policy is not None:
-            if not self._fast_close_under(rec.group.span_policy, duration):
-                return self._on_close(rec, exc)
-        elif not duration <= self._fast_close_up_to:  # so that a NaN takes the general path
+        group = rec.group
+        up_to = self._fast_close_up_to if group.span_policy is None else self._fast_close_limit(group.span_policy)
+        if not duration <= up_to:  # so that a NaN takes the general path
             return self._on_close(rec, exc)
         key, values = self._last_clean
         if key is not rec.key:
@@ -665,6 +669,11 @@ class Telemetry:
         values.append(duration)
         if len(values) > MAX_PENDING:
             self._duration[1].fold()
+        # The group's next connections of this attribute set append their durations themselves
+        # (record.close), with no call here, until a setting or the attribute set changes.
+        if group.quiet_close is None or group.quiet_close[0] is not rec.key:
+            group.quiet_close = (rec.key, values, up_to, MAX_PENDING)
+            self._quiet_groups.add(group)
         return None
 
     def _clean_duration_values(self, key: ConnKey) -> list[float]:
