@@ -181,3 +181,48 @@ def test_an_accepted_socket_makes_its_group_classify_every_connection(run):
     assert factory.group.listeners is None and not factory.group.fixed_keys
     (key,) = registry.snapshot().closed
     assert key.server_port == port
+
+
+def test_the_loop_gets_the_factory_s_argument_free_entry(run, monkeypatch):
+    # The loop hooks pass the loop TracedProtocolFactory._make, positional or as protocol_factory=:
+    # no connection goes through __call__'s generic call slot, and every one is recorded.
+    from traced_transport.loops.factory import TracedProtocolFactory
+
+    calls = []
+    original = TracedProtocolFactory.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TracedProtocolFactory, "__call__", counted)
+    registry = tt.Registry()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, s_app, c_tr, c_app = await tcp_pair(
+            wrap_server=lambda f: tt.traced(f, name="s", registry=registry),
+            wrap_client=lambda f: tt.traced(f, name="c", side="client", registry=registry),
+        )
+        c_tr.close()
+        await s_app.lost
+        await closed(server)
+        accepted = loop.create_future()
+
+        def make():
+            proto = Collect()
+            accepted.set_result(proto)
+            return proto
+
+        by_keyword = await loop.create_server(
+            protocol_factory=tt.traced(make, name="k", registry=registry), host="127.0.0.1", port=0
+        )
+        port = by_keyword.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        await (await accepted).made
+        writer.close()
+        await closed(by_keyword)
+
+    run(main)
+    assert calls == []
+    assert {name: registry.totals(name).opened for name in ("s", "c", "k")} == {"s": 1, "c": 1, "k": 1}

@@ -85,6 +85,8 @@ def _admit_name(name: str) -> None:
 
 
 _new = object.__new__
+# _make's default: call the app's factory (no app protocol is this object).
+_CALL_FACTORY: Any = object()
 
 
 class TracedProtocolFactory:
@@ -103,7 +105,17 @@ class TracedProtocolFactory:
         self._wrapper_cls: Optional[type] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        app = self.protocol_factory(*args, **kwargs)
+        return self._make(self.protocol_factory(*args, **kwargs))
+
+    def _make(self, app: Any = _CALL_FACTORY) -> Any:
+        """The wrapped protocol for ``app``; by default, for what the app's factory makes without arguments.
+
+        The loop hooks hand the loop this bound method in place of the factory (the loops call
+        it without arguments): a plain method call per connection, where ``__call__`` costs the
+        interpreter's generic call slot and an argument tuple and keyword dict.
+        """
+        if app is _CALL_FACTORY:
+            app = self.protocol_factory()
         cls = self._wrapper_cls
         if type(app) is not self._app_cls or type(_get_running_loop()) is not self._loop_cls:
             cls = self._learn(app, _get_running_loop())

@@ -109,11 +109,25 @@ def _make_factory_taking(original: Any, name: str) -> Any:
         ):
             result = await _uvloop_tls_client.connect(original, self, name, args, kwargs, _watch_handshake)
             return _map_pair(result)
-        result = await original(self, *args, **kwargs)
+        result = await original(self, *_loop_args(args), **_loop_kwargs(kwargs))
         _tell_listeners(name, args, kwargs, result)
         return _map_pair(result) if pair else result
 
     return method
+
+
+# What the loop gets in place of a traced factory: its argument-free entry (see TracedProtocolFactory._make).
+def _loop_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if args and type(args[0]) is _factory_mod.TracedProtocolFactory:
+        return (args[0]._make,) + args[1:]
+    return args
+
+
+def _loop_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    factory = kwargs.get("protocol_factory")
+    if type(factory) is _factory_mod.TracedProtocolFactory:
+        return dict(kwargs, protocol_factory=factory._make)
+    return kwargs
 
 
 def _tell_listeners(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
