@@ -3,12 +3,14 @@
 What must hold: the points equal those of counting each value when recorded
 (counts, sum to the bit, min, max), however the values were batched; nothing is
 lost or counted twice when a reader folds beside the recording thread; and the
-fast path of ``Telemetry.on_close``, and its copy that ``ConnectionRecord.close``
-takes without the call (``Group.quiet_close``), end where the general path would have.
+fast path of ``Telemetry.on_close``, and its copy that the wrapping protocol's
+``connection_lost`` takes without the call (``Group.quiet_close``), end where the
+general path would have.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
@@ -18,9 +20,11 @@ from typing import Any, Optional
 import pytest
 
 import traced_transport as tt
+import traced_transport.datapath.protocols as protocols_module
 import traced_transport.datapath.record as record_module
 import traced_transport.telemetry.telemetry as telemetry_module
 from traced_transport.datapath.classify import ConnKey
+from traced_transport.datapath.protocols import wrap
 from traced_transport.datapath.record import ConnectionRecord, Group
 from traced_transport.telemetry.histogram import HistogramAggregate
 from traced_transport.telemetry.policy import DEFAULT, SpanPolicy
@@ -320,7 +324,7 @@ def test_span_policy_drops_up_to():
     assert SpanPolicy("errors,slower_than=5") == SpanPolicy("slower_than=5,errors")
 
 
-# -- Group.quiet_close: ConnectionRecord.close takes the fast path itself, without calling on_close ------------
+# -- Group.quiet_close: the wrapper's connection_lost takes the fast path itself, without calling on_close -------
 NOW = 1000.0
 
 
@@ -339,22 +343,30 @@ class CallCounter:
 
 
 def _closed_by_record(
-    group: Group, duration: float, key: ConnKey = KEY, exc: Optional[BaseException] = None, state: Any = None
+    group: Group,
+    duration: float,
+    key: ConnKey = KEY,
+    exc: Optional[BaseException] = None,
+    state: Any = None,
+    aborted: bool = False,
 ) -> ConnectionRecord:
+    """A connection of ``group`` ended by its wrapping protocol's connection_lost, as a loop ends it."""
     rec = ConnectionRecord(group)
     rec.key = key
     rec.opened_at = NOW - duration
     rec.state = state
-    rec.close(exc)
+    rec.aborted = aborted
+    wrap(asyncio.Protocol(), rec).connection_lost(exc)
     return rec
 
 
 @pytest.fixture
 def fixed_clock(monkeypatch):
-    monkeypatch.setattr(record_module, "monotonic", lambda: NOW)
+    for module in (record_module, protocols_module):
+        monkeypatch.setattr(module, "monotonic", lambda: NOW)
 
 
-def test_record_close_ends_where_on_close_does(fixed_clock):
+def test_connection_lost_ends_where_on_close_does(fixed_clock):
     rng = random.Random(11)
     quiet, general = _telemetry(), _telemetry()
     counter = CallCounter(quiet)
@@ -367,7 +379,7 @@ def test_record_close_ends_where_on_close_does(fixed_clock):
         twin = _record(general, rec.closed_at - rec.opened_at, key, rec.error_type)  # type: ignore[operator]
         general._on_close(twin, exc)
     assert _duration_points(quiet) == _duration_points(general)
-    # Most connections took the fast path inside close(): the calls are the errors, the slow ones
+    # Most connections took the fast path inside connection_lost: the calls are the errors, the slow ones
     # (the default policy keeps slower_than=10), each change of key and each full pending list.
     assert 100 < counter.calls < 1000
 
@@ -386,7 +398,7 @@ def test_record_close_ends_where_on_close_does(fixed_clock):
         ("reader detached", 2),
     ],
 )
-def test_what_makes_record_close_call_on_close_again(fixed_clock, change, calls):
+def test_what_makes_connection_lost_call_on_close_again(fixed_clock, change, calls):
     telemetry = _telemetry()
     counter = CallCounter(telemetry)
     group = Group("pending", "server", telemetry.registry, telemetry)
@@ -407,18 +419,13 @@ def test_what_makes_record_close_call_on_close_again(fixed_clock, change, calls)
         telemetry.span_policy = SpanPolicy("all")
     elif change == "reader detached":
         telemetry.histogram_reader(False)
-    if change == "aborted":
-        rec = ConnectionRecord(group)
-        rec.key, rec.opened_at, rec.aborted = KEY, NOW - duration, True
-        rec.close(None)
-    else:
-        _closed_by_record(group, duration, key, exc, state)
+    _closed_by_record(group, duration, key, exc, state, aborted=change == "aborted")
     assert counter.calls == calls
     points = telemetry.histograms[DURATION].points()[1]
     assert sum(p.count for p in points) == 2
 
 
-def test_record_close_leaves_a_full_pending_list_to_on_close(fixed_clock, monkeypatch):
+def test_connection_lost_leaves_a_full_pending_list_to_on_close(fixed_clock, monkeypatch):
     monkeypatch.setattr(telemetry_module, "MAX_PENDING", 3)
     telemetry = _telemetry()
     counter = CallCounter(telemetry)

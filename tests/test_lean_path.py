@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from _helpers import Collect, closed, tcp_pair
 
 import traced_transport as tt
@@ -226,3 +227,63 @@ def test_the_loop_gets_the_factory_s_argument_free_entry(run, monkeypatch):
     run(main)
     assert calls == []
     assert {name: registry.totals(name).opened for name in ("s", "c", "k")} == {"s": 1, "c": 1, "k": 1}
+
+
+# -- the wrapper's own open and clean close against ConnectionRecord.open/close -------------------------------
+class _FakeTransport(asyncio.Transport):
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def is_closing(self):
+        return False
+
+
+class _Calls:
+    """An observer that writes down what it is called with."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def on_open(self, rec, transport):
+        self.calls.append(("open", type(transport).__name__))
+
+    def on_event(self, rec, name, seconds):
+        self.calls.append(("event", name))
+
+    def on_close(self, rec, exc):
+        self.calls.append(("close", rec.close_reason, rec.error_type, rec.rx, rec.tx, rec in rec.group._live))
+
+
+def _ended_both_ways(flags: int, exc, observer) -> tuple:
+    registry = tt.Registry()
+    group = Group("g", "server", registry, observer)
+    transport = _FakeTransport()
+    wrapped, plain = ConnectionRecord(group), ConnectionRecord(group)
+    wrapper = wrap(asyncio.Protocol(), wrapped)
+    wrapper.connection_made(transport)
+    plain.open(transport)
+    opened = (wrapped in registry._live, plain in registry._live, wrapped.transport, plain.transport)
+    for rec in (wrapped, plain):
+        rec.rx, rec.tx = 3, 4
+        rec._flags |= flags
+    wrapper.connection_lost(exc)
+    plain.close(exc)
+    return wrapped, plain, registry, opened, transport
+
+
+@pytest.mark.parametrize("flags", range(8))  # every combination of the peer's EOF, a local close, an abort
+@pytest.mark.parametrize("exc", [None, ConnectionResetError()])
+@pytest.mark.parametrize("observed", [False, True])
+def test_the_wrapper_opens_and_ends_a_record_as_open_and_close_do(flags, exc, observed):
+    observer = _Calls() if observed else None
+    wrapped, plain, registry, opened, transport = _ended_both_ways(flags, exc, observer)
+    assert opened == (True, True, transport, transport)
+    ignore = {"opened_at", "closed_at"}
+    assert {k: v for k, v in _fields(wrapped).items() if k not in ignore} == {
+        k: v for k, v in _fields(plain).items() if k not in ignore
+    }
+    assert wrapped.closed_at is not None and wrapped._transport_ref is None
+    assert registry._ended == [wrapped, plain] and not registry._live
+    if observer is not None:
+        first, second = observer.calls[::2], observer.calls[1::2]
+        assert first == second and [c[0] for c in observer.calls] == ["open", "open", "close", "close"]

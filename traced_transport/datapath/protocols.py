@@ -14,13 +14,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
+from ..report import report
+from . import abandoned as _abandoned
 from . import proxy as _proxy
+from . import record as _record
 from . import shapes as _shapes
+from .classify import classify as _classify
 from .record import ConnectionRecord, monotonic
 
 _proxy_recipes = _proxy._recipes
 _proxy_recipe_for = _proxy._recipe_for
-_EOF = 1  # record._flags bit (record.py)
+_TransportRef = _abandoned.TransportRef
+_abandoned_gone = _abandoned.gone
+_REASON_BY_FLAGS = _record._REASON_BY_FLAGS
+_EOF, _ABORTED = _record._EOF, _record._ABORTED
+_ABORTED_TYPE = _record.ABORTED
 
 
 class _Wrapper:
@@ -47,7 +55,23 @@ class _Wrapper:
         set_rec(proxy, rec)
         if pipes:
             _proxy.add_pipes(proxy)
-        rec.open(transport)
+        # rec.open(transport), without its frame (a test compares the two).
+        group = rec.group
+        rec.opened_at = monotonic()
+        try:
+            ref = _TransportRef(transport, _abandoned_gone)
+        except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
+            rec._transport_ref = _abandoned.strong(transport)
+        else:
+            ref.rec = rec
+            rec._transport_ref = ref
+        key = group.fixed_keys.get(type(transport))
+        rec.key = key if key is not None else _classify(group, transport)
+        if _abandoned._pending:
+            _abandoned.drain()
+        group._live.add(rec)
+        if group.open_hooks:
+            rec._open_hooks(transport)
         # The span-context variant calls _made instead, once rec.open() has
         # started the span whose context it runs the app's callback in.
         self._app.connection_made(proxy)
@@ -56,7 +80,42 @@ class _Wrapper:
         self._app.connection_made(proxy)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._rec.close(exc)
+        rec = self._rec
+        group = rec.group
+        if exc is not None or rec._rare is not None or group.tcp_info or rec.closed_at is not None or not rec.opened_at:
+            rec.close(exc)  # an error, a pause, TCP_INFO, or not open: the general end
+            self._app.connection_lost(exc)
+            return
+        # rec.close(None) for the rest, without its frame (a test compares the two).
+        closed_at = rec.closed_at = monotonic()
+        flags = rec._flags
+        rec.close_reason = _REASON_BY_FLAGS[flags]
+        if flags & _ABORTED:
+            rec.error_type = _ABORTED_TYPE
+        ended = group._ended
+        ended.append(rec)
+        group._live.discard(rec)
+        if len(ended) > _record.MAX_ENDED:
+            group.registry._fold_now()
+        on_close = group.on_close
+        if on_close is not None:
+            # Most connections: what the observer would do with them is an append, without its call.
+            quiet = group.quiet_close
+            if (
+                quiet is not None
+                and quiet[0] is rec.key
+                and rec.error_type is None
+                and rec.state is None
+                and (duration := closed_at - rec.opened_at) <= quiet[2]
+                and len(values := quiet[1]) < quiet[3]
+            ):
+                values.append(duration)
+            else:
+                try:
+                    on_close(rec, None)
+                except Exception as exc2:  # noqa: BLE001
+                    report("observer.on_close", exc2)
+        rec._transport_ref = None
         self._app.connection_lost(exc)
 
     def _replace_app(self, protocol: Any, proxy: Any) -> None:

@@ -144,8 +144,8 @@ class Group:
         # Set by the observer: (key, values, up_to, max_values). A connection of attribute set
         # ``key`` that ends without error or observer state, lasting at most ``up_to`` seconds,
         # needs nothing from on_close but its duration appended to ``values`` while that holds
-        # fewer than ``max_values``: record.close does that itself, without the call (see
-        # QuietClose). None: every close calls on_close.
+        # fewer than ``max_values``: the wrapping protocol's connection_lost does that itself,
+        # without the call. None: every close calls on_close.
         self.quiet_close: Optional[QuietClose] = None
 
     def listening_on(self, sockets: Any) -> None:
@@ -312,6 +312,8 @@ class ConnectionRecord:
     def open(self, transport: Any) -> None:
         """``transport`` is the real transport; observers get it too.
 
+        The wrapping protocol's ``connection_made`` does the same without this frame.
+
         Once per connection, so kept to what counting needs: what only some
         groups want (an observer's hook, the extra-info snapshot) is behind one
         flag, and a listener's connections share their attribute set."""
@@ -345,7 +347,11 @@ class ConnectionRecord:
                 report("observer.on_open", exc)
 
     def close(self, exc: Optional[BaseException], reason: Optional[str] = None) -> None:
-        """End the record once; later calls do nothing."""
+        """End the record once; later calls do nothing.
+
+        The general end. The wrapping protocol's ``connection_lost`` ends a clean connection
+        (no error, no pause, no TCP_INFO: most of them) itself, the same way without this
+        frame, and only there may a quiet connection skip ``on_close`` (``Group.quiet_close``)."""
         if self.closed_at is not None or self.opened_at == 0.0:
             return
         # A pause still open ends with the connection; report it like a resume.
@@ -355,7 +361,7 @@ class ConnectionRecord:
                 self.reading_resumed()
             if rare.write_paused_since is not None:
                 self.writing_resumed()
-        closed_at = self.closed_at = monotonic()
+        self.closed_at = monotonic()
         if exc is None and reason is None:
             # A clean end: the reason follows from the flags alone (one lookup).
             flags = self._flags
@@ -374,24 +380,11 @@ class ConnectionRecord:
         group._live.discard(self)
         if len(ended) > MAX_ENDED:
             group.registry._fold_now()
-        on_close = group.on_close
-        if on_close is not None:
-            # Most connections: what the observer would do with them is an append, without its call.
-            quiet = group.quiet_close
-            if (
-                quiet is not None
-                and quiet[0] is self.key
-                and self.error_type is None
-                and self.state is None
-                and (duration := closed_at - self.opened_at) <= quiet[2]
-                and len(values := quiet[1]) < quiet[3]
-            ):
-                values.append(duration)
-            else:
-                try:
-                    on_close(self, exc)
-                except Exception as exc2:  # noqa: BLE001
-                    report("observer.on_close", exc2)
+        if group.on_close is not None:
+            try:
+                group.on_close(self, exc)
+            except Exception as exc2:  # noqa: BLE001
+                report("observer.on_close", exc2)
         # Kept until the observer is done: it may read get_extra_info (or TCP_INFO) at close.
         # Dropping the weak reference drops its abandoned-transport callback with it.
         self._transport_ref = None
