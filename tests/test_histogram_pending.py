@@ -22,6 +22,7 @@ import pytest
 import traced_transport as tt
 import traced_transport.datapath.protocols as protocols_module
 import traced_transport.datapath.record as record_module
+import traced_transport.datapath.registry as registry_module
 import traced_transport.telemetry.telemetry as telemetry_module
 from traced_transport.datapath.classify import ConnKey
 from traced_transport.datapath.protocols import wrap
@@ -425,19 +426,52 @@ def test_what_makes_connection_lost_call_on_close_again(fixed_clock, change, cal
     assert sum(p.count for p in points) == 2
 
 
-def test_connection_lost_leaves_a_full_pending_list_to_on_close(fixed_clock, monkeypatch):
-    monkeypatch.setattr(telemetry_module, "MAX_PENDING", 3)
+def test_a_registry_read_folds_the_durations_appended_without_on_close(fixed_clock):
     telemetry = _telemetry()
     counter = CallCounter(telemetry)
     group = Group("pending", "server", telemetry.registry, telemetry)
     aggregate = telemetry.histograms[DURATION]
-    for _ in range(4):
+    for _ in range(5):
         _closed_by_record(group, 0.003)
-    # The first sets the fast path up; the next two append; the fourth finds the list full and
-    # on_close folds it.
-    assert counter.calls == 2
     (values,) = aggregate._pending.values()
-    assert values == [] and sum(next(iter(aggregate._points.values())).counts) == 4
+    assert counter.calls == 1 and len(values) == 5  # the first set the fast path up
+    telemetry.registry.snapshot()
+    assert values == [] and sum(next(iter(aggregate._points.values())).counts) == 5
+
+
+def test_the_loop_s_own_fold_bounds_the_durations_appended_without_on_close(fixed_clock, monkeypatch):
+    monkeypatch.setattr(record_module, "MAX_ENDED", 3)
+    telemetry = _telemetry()
+    group = Group("pending", "server", telemetry.registry, telemetry)
+    aggregate = telemetry.histograms[DURATION]
+    longest = 0
+    for _ in range(50):
+        _closed_by_record(group, 0.003)
+        longest = max(longest, *(len(v) for v in aggregate._pending.values()))
+    # No reader: the loop folds the ended queue past MAX_ENDED, and the durations with it.
+    assert longest <= 4 and len(telemetry.registry._ended) <= 4
+    assert sum(p.count for p in aggregate.points()[1]) == 50
+
+
+def test_fold_listeners_are_held_weakly_and_their_failures_reported(monkeypatch):
+    reported = []
+    monkeypatch.setattr(registry_module, "report", lambda what, exc: reported.append((what, type(exc))))
+    registry = tt.Registry()
+    calls = []
+
+    class Listener:
+        def folded(self) -> None:
+            calls.append("method")
+
+    listener = Listener()
+    registry.add_fold_listener(listener.folded)
+    registry.add_fold_listener(lambda: calls.append("function"))
+    registry.add_fold_listener(lambda: 1 / 0)
+    registry.snapshot()
+    assert calls == ["method", "function"] and reported == [("registry fold listener", ZeroDivisionError)]
+    del listener
+    registry.snapshot()
+    assert calls == ["method", "function", "function"] and len(registry._fold_listeners) == 2
 
 
 def test_a_failing_on_close_leaves_the_record_ended(fixed_clock):

@@ -229,6 +229,44 @@ def test_the_loop_gets_the_factory_s_argument_free_entry(run, monkeypatch):
     assert {name: registry.totals(name).opened for name in ("s", "c", "k")} == {"s": 1, "c": 1, "k": 1}
 
 
+def test_a_loop_class_of_its_own_gets_its_hooks_before_a_connection():
+    # _make does not look at the loop per connection: the loop call that hands it over hooks a
+    # loop class that defines hooked methods itself (here start_tls), as the factory did before.
+    from traced_transport.loops import hooks
+
+    class OwnLoop(asyncio.SelectorEventLoop):
+        async def start_tls(self, *args, **kwargs):
+            return await super().start_tls(*args, **kwargs)
+
+    registry = tt.Registry()
+    accepted: dict = {}
+
+    def app():
+        proto = Collect()
+        accepted["future"].set_result(proto)
+        return proto
+
+    factory = tt.traced(app, name="own", registry=registry)  # made before the loop runs
+    loop = OwnLoop()
+    try:
+
+        async def main():
+            accepted["future"] = loop.create_future()
+            server = await loop.create_server(factory, "127.0.0.1", 0)
+            _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            proto = await accepted["future"]
+            await proto.made
+            writer.close()
+            await proto.lost
+            await closed(server)
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert hasattr(vars(OwnLoop)["start_tls"], hooks.patches._MARK)
+    assert registry.totals("own").closed == 1
+
+
 # -- the wrapper's own open and clean close against ConnectionRecord.open/close -------------------------------
 class _FakeTransport(asyncio.Transport):
     def get_extra_info(self, name, default=None):

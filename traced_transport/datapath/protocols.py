@@ -107,9 +107,8 @@ class _Wrapper:
                 and rec.error_type is None
                 and rec.state is None
                 and (duration := closed_at - rec.opened_at) <= quiet[2]
-                and len(values := quiet[1]) < quiet[3]
             ):
-                values.append(duration)
+                quiet[1].append(duration)
             else:
                 try:
                     on_close(rec, None)

@@ -8,6 +8,7 @@ open, close) happens at most once per flow-control change or connection.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
 from ..report import report
@@ -57,9 +58,11 @@ class RegistryLike(Protocol):
 
     def _fold_now(self) -> None: ...
 
+    def add_fold_listener(self, listener: Callable[[], None]) -> None: ...
+
 
 # What an observer lets a record do at close instead of calling on_close (Group.quiet_close).
-QuietClose = tuple[ConnKey, list[float], float, int]
+QuietClose = tuple[ConnKey, list[float], float]
 
 
 class Group:
@@ -141,11 +144,12 @@ class Group:
         self.open_hooks = bool(capture_extra or self.on_open is not None)
         # Whether the peer's EOF is an observer event (else the wrapper sets the flag and time itself).
         self.eof_hooks = bool(self.eof_event and self.on_event is not None)
-        # Set by the observer: (key, values, up_to, max_values). A connection of attribute set
-        # ``key`` that ends without error or observer state, lasting at most ``up_to`` seconds,
-        # needs nothing from on_close but its duration appended to ``values`` while that holds
-        # fewer than ``max_values``: the wrapping protocol's connection_lost does that itself,
-        # without the call. None: every close calls on_close.
+        # Set by the observer: (key, values, up_to). A connection of attribute set ``key`` that
+        # ends without error or observer state, lasting at most ``up_to`` seconds, needs nothing
+        # from on_close but its duration appended to ``values``: the wrapping protocol's
+        # connection_lost does that itself, without the call. The observer empties ``values``
+        # whenever the registry folds (Registry.add_fold_listener), which bounds it as the ended
+        # queue is bounded. None: every close calls on_close.
         self.quiet_close: Optional[QuietClose] = None
 
     def listening_on(self, sockets: Any) -> None:

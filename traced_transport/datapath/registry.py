@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper, in every CPython
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Optional
+from types import MethodType
+from typing import Any, Optional
+from weakref import WeakMethod
 
+from ..report import report
 from . import abandoned as _abandoned
 from .classify import ConnKey
 from .record import ConnectionRecord, monotonic
@@ -102,6 +105,33 @@ class Registry:
         self._live: set[ConnectionRecord] = set()
         self._ended: list[ConnectionRecord] = []
         self._closed: dict[ConnKey, Totals] = {}
+        # Run after every fold, outside the lock, on the folding thread: what an observer
+        # appends per ended connection is folded as often as the ended queue (see add_fold_listener).
+        self._fold_listeners: list[Callable[[], Any]] = []
+
+    def add_fold_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each fold of this registry's ended queue (by a reader or the loop).
+
+        Held weakly when it is a bound method: the registry does not keep its object alive.
+        Failures are reported, never raised."""
+        if isinstance(listener, MethodType):
+            self._fold_listeners.append(WeakMethod(listener))
+        else:
+            self._fold_listeners.append(lambda: listener)
+
+    def _folded(self) -> None:
+        for ref in list(self._fold_listeners):
+            listener = ref()
+            if listener is None:
+                try:
+                    self._fold_listeners.remove(ref)
+                except ValueError:  # another thread took it out
+                    pass
+                continue
+            try:
+                listener()
+            except Exception as exc:  # noqa: BLE001
+                report("registry fold listener", exc)
 
     def _fold(self, folded: Optional[set[int]] = None) -> None:
         """Under the lock: ended records into the closed totals (their ids into ``folded``).
@@ -149,6 +179,7 @@ class Registry:
                 self._fold()
             finally:
                 self._lock.release()
+            self._folded()
 
     def snapshot(self) -> Snapshot:
         if _abandoned._pending:
@@ -161,6 +192,7 @@ class Registry:
                 # Ended after the copy above: counted in the totals now.
                 live = [rec for rec in live if id(rec) not in folded]
             closed = {k: t.copy() for k, t in self._closed.items()}
+        self._folded()
         return Snapshot(closed, live, monotonic())
 
     def live(self) -> list[ConnectionRecord]:

@@ -92,19 +92,26 @@ _CALL_FACTORY: Any = object()
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "_app_cls", "_loop_cls", "_wrapper_cls", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_app_cls", "_wrapper_cls", "_loop_cls", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # The app class and loop class of the last connection, and the wrapper
-        # class for them (None: the app's protocol is traced already): a factory
-        # nearly always makes one class of protocol on one kind of loop.
+        # The app class of the last connection, and the wrapper class for it (None:
+        # the app's protocol is traced already): a factory nearly always makes one
+        # class of protocol.
         self._app_cls: Optional[type] = None
-        self._loop_cls: Optional[type] = None
         self._wrapper_cls: Optional[type] = None
+        # The loop class __call__ last ran on (the hooks hand the loops they know _make instead).
+        self._loop_cls: Optional[type] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        loop = _get_running_loop()
+        if loop is not None and type(loop) is not self._loop_cls:
+            # A new kind of loop: its hooks, which hand the loop _make from then on.
+            if type(loop) not in patches._seen:
+                patches.ensure(type(loop))
+            self._loop_cls = type(loop)
         return self._make(self.protocol_factory(*args, **kwargs))
 
     def _make(self, app: Any = _CALL_FACTORY) -> Any:
@@ -112,13 +119,14 @@ class TracedProtocolFactory:
 
         The loop hooks hand the loop this bound method in place of the factory (the loops call
         it without arguments): a plain method call per connection, where ``__call__`` costs the
-        interpreter's generic call slot and an argument tuple and keyword dict.
+        interpreter's generic call slot and an argument tuple and keyword dict. Only a loop
+        whose hooks are in place gets it, so it need not check the loop's.
         """
         if app is _CALL_FACTORY:
             app = self.protocol_factory()
         cls = self._wrapper_cls
-        if type(app) is not self._app_cls or type(_get_running_loop()) is not self._loop_cls:
-            cls = self._learn(app, _get_running_loop())
+        if type(app) is not self._app_cls:
+            cls = self._learn(app)
         if cls is None:
             return app
         # The wrapper and ConnectionRecord(group), made here without a frame
@@ -144,15 +152,12 @@ class TracedProtocolFactory:
         wrapper._proxy = None
         return wrapper
 
-    def _learn(self, app: Any, loop: Any) -> Optional[type]:
-        # A new app class or loop: check the loop's hooks, find the wrapper class once.
-        if loop is not None and type(loop) not in patches._seen:
-            patches.ensure(type(loop))
-        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app, loop)
+    def _learn(self, app: Any) -> Optional[type]:
+        # A new app class: find its wrapper class once (the same on every loop).
+        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app, _get_running_loop())
         if cls is _protocols._AlreadyTraced:
             cls = None
-        if loop is not None:
-            self._app_cls, self._loop_cls, self._wrapper_cls = type(app), type(loop), cls
+        self._app_cls, self._wrapper_cls = type(app), cls
         return cls
 
     def __repr__(self) -> str:

@@ -109,6 +109,10 @@ def _make_factory_taking(original: Any, name: str) -> Any:
         ):
             result = await _uvloop_tls_client.connect(original, self, name, args, kwargs, _watch_handshake)
             return _map_pair(result)
+        if type(self) not in patches._seen:
+            # A loop class of its own (a subclass): its own methods get their hooks before any
+            # connection, as _make no longer checks the loop per connection.
+            patches.ensure(type(self))
         result = await original(self, *_loop_args(args), **_loop_kwargs(kwargs))
         _tell_listeners(name, args, kwargs, result)
         return _map_pair(result) if pair else result

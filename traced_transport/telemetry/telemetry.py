@@ -249,6 +249,8 @@ class Telemetry:
         # Groups whose records take the fast path without calling on_close (Group.quiet_close):
         # told to stop when a setting changes.
         self._quiet_groups: weakref.WeakSet[Group] = weakref.WeakSet()
+        # The registries of those groups, which fold the durations with their ended queues.
+        self._fold_registries: weakref.WeakSet[Any] = weakref.WeakSet()
         self._set_fast_close()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -672,9 +674,19 @@ class Telemetry:
         # The group's next connections of this attribute set append their durations themselves
         # (record.close), with no call here, until a setting or the attribute set changes.
         if group.quiet_close is None or group.quiet_close[0] is not rec.key:
-            group.quiet_close = (rec.key, values, up_to, MAX_PENDING)
+            # The group's connections append without the length test above: the values are folded
+            # whenever the registry folds its ended queue (which they join too).
+            registry = group.registry
+            if registry not in self._fold_registries:
+                registry.add_fold_listener(self._fold_durations)
+                self._fold_registries.add(registry)
+            group.quiet_close = (rec.key, values, up_to)
             self._quiet_groups.add(group)
         return None
+
+    def _fold_durations(self) -> None:
+        """A registry folded its ended connections: the durations its groups appended follow."""
+        self._duration[1].fold()
 
     def _clean_duration_values(self, key: ConnKey) -> list[float]:
         """The duration aggregate's pending list for ``key``'s connections without error (made on first use)."""
