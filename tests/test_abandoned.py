@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 import traced_transport as tt
-from traced_transport.datapath.record import ABANDONED
+from traced_transport.datapath.record import ABANDONED, ConnectionRecord, Group
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -163,3 +163,32 @@ def test_server_closed_mid_accept(loop_kind, registry, quiet):
     reasons = _gone(registry)
     assert registry.totals().active == 0
     assert reasons.get(ABANDONED, 0) >= 1
+
+
+def test_a_read_closes_the_records_whose_transports_are_gone_and_only_those():
+    # Nothing runs when a transport is freed (a plain weak reference): the next read finds it.
+    class Transport(asyncio.Transport):
+        def get_extra_info(self, name, default=None):
+            return default
+
+    registry = tt.Registry()
+    closed = []
+
+    class Observer:
+        def on_close(self, rec, exc):
+            closed.append(rec.close_reason)
+
+    group = Group("g", "server", registry, Observer())
+    kept, dropped = Transport(), Transport()
+    records = []
+    for transport in (kept, dropped):
+        rec = ConnectionRecord(group)
+        rec.open(transport)
+        records.append(rec)
+    del dropped, transport
+    gc.collect()
+    assert closed == [] and len(registry._live) == 2  # not before a read
+    assert registry.live() == [records[0]]
+    assert closed == [ABANDONED] and records[1].error_type == ABANDONED and records[0].closed_at is None
+    totals = registry.totals()
+    assert (totals.active, totals.closed, totals.close_reasons) == (1, 1, {ABANDONED: 1})

@@ -6,35 +6,21 @@ the loop never calls ``connection_lost``, and a record holding its transport
 would keep it, its protocol and its proxy alive, and count as an active
 connection forever.
 
-So a record refers to its real transport weakly. When the transport is freed,
-the weak reference's callback queues the record; the queue is drained (the
-record closed with reason ``abandoned``) at the next connection opened or
-registry read. The callback only queues: it may run inside any allocation,
-on any thread, possibly while the registry's lock is held.
+So a record refers to its real transport weakly: a plain weak reference,
+without a callback, made once per connection and dropped with the record.
+Whoever reads the registry (a scrape, the live view, ``Registry.totals``)
+first closes, with reason ``abandoned``, each live record whose transport is
+gone. Only a reader can tell a record still in the live set from one closed
+there, so finding them when one reads costs the connections themselves
+nothing.
 """
 
 from __future__ import annotations
 
-import collections
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 ABANDONED = "abandoned"
-
-# Records (ConnectionRecord; not imported: record imports this module).
-_pending: collections.deque[Any] = collections.deque()
-
-
-class TransportRef(weakref.ref[Any]):
-    __slots__ = ("rec",)
-    rec: Any
-
-
-def gone(ref: TransportRef) -> None:
-    # Only reached while the record still holds ``ref``, i.e. before its close()
-    # (which drops the reference, and with it this callback).
-    _pending.append(ref.rec)
 
 
 def strong(transport: Any) -> Callable[[], Any]:
@@ -42,12 +28,12 @@ def strong(transport: Any) -> Callable[[], Any]:
     return lambda: transport
 
 
-def drain() -> None:
-    """Close every queued record (on the caller's thread, outside any registry lock)."""
-    while _pending:
-        try:
-            rec = _pending.popleft()
-        except IndexError:  # another thread took the last one
-            return
+def close_gone(records: Iterable[Any]) -> None:
+    """Close each of ``records`` (live ConnectionRecords) whose transport is gone, on the caller's thread.
+
+    Such a record is no longer reachable from its connection (the transport, which held
+    the wrapping protocol, is freed), so nothing else can be closing it meanwhile."""
+    gone = [rec for rec in records if (ref := rec._transport_ref) is not None and ref() is None]
+    for rec in gone:
         if rec.closed_at is None:
             rec.close(None, ABANDONED)

@@ -24,8 +24,7 @@ from .record import ConnectionRecord, monotonic
 
 _proxy_recipes = _proxy._recipes
 _proxy_recipe_for = _proxy._recipe_for
-_TransportRef = _abandoned.TransportRef
-_abandoned_gone = _abandoned.gone
+_ref = _record._ref
 _REASON_BY_FLAGS = _record._REASON_BY_FLAGS
 _EOF, _ABORTED = _record._EOF, _record._ABORTED
 _ABORTED_TYPE = _record.ABORTED
@@ -59,16 +58,11 @@ class _Wrapper:
         group = rec.group
         rec.opened_at = monotonic()
         try:
-            ref = _TransportRef(transport, _abandoned_gone)
+            rec._transport_ref = _ref(transport)
         except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
             rec._transport_ref = _abandoned.strong(transport)
-        else:
-            ref.rec = rec
-            rec._transport_ref = ref
         key = group.fixed_keys.get(type(transport))
         rec.key = key if key is not None else _classify(group, transport)
-        if _abandoned._pending:
-            _abandoned.drain()
         group._live.add(rec)
         if group.open_hooks:
             rec._open_hooks(transport)

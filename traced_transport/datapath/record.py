@@ -8,6 +8,7 @@ open, close) happens at most once per flow-control change or connection.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
@@ -17,8 +18,7 @@ from .classify import ConnKey
 from .classify import classify as _classify
 
 monotonic = time.monotonic
-_TransportRef = _abandoned.TransportRef
-_abandoned_gone = _abandoned.gone
+_ref = weakref.ref
 _new = object.__new__
 # Wall-clock time of a monotonic instant, for access logs and span timestamps,
 # without a second clock read per event.
@@ -324,16 +324,11 @@ class ConnectionRecord:
         group = self.group
         self.opened_at = monotonic()
         try:
-            ref = _TransportRef(transport, _abandoned_gone)
+            self._transport_ref = _ref(transport)
         except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
             self._transport_ref = _abandoned.strong(transport)
-        else:
-            ref.rec = self
-            self._transport_ref = ref
         key = group.fixed_keys.get(type(transport))
         self.key = key if key is not None else _classify(group, transport)
-        if _abandoned._pending:  # records whose transports were freed without connection_lost
-            _abandoned.drain()
         group._live.add(self)
         if group.open_hooks:
             self._open_hooks(transport)
@@ -390,7 +385,6 @@ class ConnectionRecord:
             except Exception as exc2:  # noqa: BLE001
                 report("observer.on_close", exc2)
         # Kept until the observer is done: it may read get_extra_info (or TCP_INFO) at close.
-        # Dropping the weak reference drops its abandoned-transport callback with it.
         self._transport_ref = None
 
     def _ended_with(self, exc: Optional[BaseException], reason: Optional[str]) -> None:

@@ -182,8 +182,8 @@ class Registry:
             self._folded()
 
     def snapshot(self) -> Snapshot:
-        if _abandoned._pending:
-            _abandoned.drain()
+        # Records whose transports were freed without connection_lost end first (see abandoned.py).
+        _abandoned.close_gone(list(self._live))
         with self._lock:
             live = list(self._live)  # one C call: atomic under the GIL
             folded: set[int] = set()
@@ -196,8 +196,7 @@ class Registry:
         return Snapshot(closed, live, monotonic())
 
     def live(self) -> list[ConnectionRecord]:
-        if _abandoned._pending:
-            _abandoned.drain()
+        _abandoned.close_gone(list(self._live))
         return [rec for rec in list(self._live) if rec.closed_at is None]
 
     def totals(self, name: Optional[str] = None) -> Totals:
