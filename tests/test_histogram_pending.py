@@ -484,3 +484,18 @@ def test_a_failing_on_close_leaves_the_record_ended(fixed_clock):
     group = Group("pending", "server", telemetry.registry, telemetry)
     rec = _closed_by_record(group, 0.003)
     assert rec.close_reason == "closed" and group.quiet_close is None
+
+
+def test_a_setting_changed_while_on_close_works_leaves_the_group_without_a_stale_copy(fixed_clock):
+    # on_close reads the settings' generation, then works out the group's copy; a setting changed on
+    # another thread in between (here: the access log turned on) makes the copy stale before it lands.
+    telemetry = _telemetry()
+    group = Group("pending", "server", telemetry.registry, telemetry)
+    generation = telemetry._fast_close_generation
+    telemetry.access_log = True
+    telemetry._quiet(group, KEY, [], 10.0, generation)
+    assert group.quiet_close is None
+    telemetry._quiet(group, KEY, [], 10.0, telemetry._fast_close_generation)
+    assert group.quiet_close is not None
+    telemetry.access_log = False
+    assert group.quiet_close is None

@@ -246,10 +246,13 @@ class Telemetry:
         # The last of them used, with its key: most listeners have one attribute set, and an identity
         # test costs less than hashing a ConnKey.
         self._last_clean: tuple[object, list[float]] = (_NO_KEY, [])
-        # Groups whose records take the fast path without calling on_close (Group.quiet_close):
-        # told to stop when a setting changes.
+        # Groups whose records take the fast path without calling on_close (Group.quiet_close), told
+        # to stop when a setting changes, and their registries, which fold the durations with their
+        # ended queues. Under the lock: a setting may change on another thread while on_close hands a
+        # group its copy; the generation tells on_close that its copy is stale already.
+        self._quiet_lock = threading.Lock()
+        self._fast_close_generation = 0
         self._quiet_groups: weakref.WeakSet[Group] = weakref.WeakSet()
-        # The registries of those groups, which fold the durations with their ended queues.
         self._fold_registries: weakref.WeakSet[Any] = weakref.WeakSet()
         self._set_fast_close()
 
@@ -264,9 +267,9 @@ class Telemetry:
         # pause may last and still take on_close's fast path, for groups without a policy of their own.
         self._fast_close_up_to = self._fast_close_limit(self.span_policy)
         # The groups' own copies of the fast path's answer: gone, until on_close works them out again.
-        quiet_groups = getattr(self, "_quiet_groups", None)
-        if quiet_groups:
-            for group in list(quiet_groups):
+        with self._quiet_lock:
+            self._fast_close_generation += 1
+            for group in list(self._quiet_groups):
                 group.quiet_close = None
 
     def _fast_close_limit(self, policy: SpanPolicy) -> float:
@@ -662,6 +665,7 @@ class Telemetry:
             return self._on_close(rec, exc)
         duration = rec.closed_at - rec.opened_at  # type: ignore[operator]  # set before on_close
         group = rec.group
+        generation = self._fast_close_generation  # read before the settings it stands for
         up_to = self._fast_close_up_to if group.span_policy is None else self._fast_close_limit(group.span_policy)
         if not duration <= up_to:  # so that a NaN takes the general path
             return self._on_close(rec, exc)
@@ -671,18 +675,25 @@ class Telemetry:
         values.append(duration)
         if len(values) > MAX_PENDING:
             self._duration[1].fold()
-        # The group's next connections of this attribute set append their durations themselves
-        # (record.close), with no call here, until a setting or the attribute set changes.
+        # The group's next connections of this attribute set append their durations themselves (the
+        # wrapping protocol's connection_lost), with no call here, until a setting or the attribute set
+        # changes.
         if group.quiet_close is None or group.quiet_close[0] is not rec.key:
-            # The group's connections append without the length test above: the values are folded
-            # whenever the registry folds its ended queue (which they join too).
+            self._quiet(group, rec.key, values, up_to, generation)
+        return None
+
+    def _quiet(self, group: Group, key: ConnKey, values: list[float], up_to: float, generation: int) -> None:
+        with self._quiet_lock:
+            if generation != self._fast_close_generation:
+                return  # a setting changed meanwhile: the next close works it out again
+            # They append without the length test above: the values are folded whenever the
+            # registry folds its ended queue (which they join too).
             registry = group.registry
             if registry not in self._fold_registries:
                 registry.add_fold_listener(self._fold_durations)
                 self._fold_registries.add(registry)
-            group.quiet_close = (rec.key, values, up_to)
             self._quiet_groups.add(group)
-        return None
+            group.quiet_close = (key, values, up_to)
 
     def _fold_durations(self) -> None:
         """A registry folded its ended connections: the durations its groups appended follow."""
