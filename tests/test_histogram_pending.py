@@ -225,17 +225,19 @@ def _record(
 
 
 class Spy:
-    """Counts the calls to on_close's general path, and runs it."""
+    """Counts the calls to ``telemetry.<name>`` (on_close's general path by default), and runs it.
 
-    def __init__(self, telemetry: tt.Telemetry) -> None:
+    A group binds ``on_close`` when it is made: spy on it before making the group."""
+
+    def __init__(self, telemetry: tt.Telemetry, name: str = "_on_close") -> None:
         self.calls = 0
-        general = telemetry._on_close
+        original = getattr(telemetry, name)
 
         def spy(rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
             self.calls += 1
-            general(rec, exc)
+            original(rec, exc)
 
-        telemetry._on_close = spy  # type: ignore[method-assign]
+        setattr(telemetry, name, spy)
 
 
 def _duration_points(telemetry: tt.Telemetry) -> list[tuple[Any, ...]]:
@@ -329,20 +331,6 @@ def test_span_policy_drops_up_to():
 NOW = 1000.0
 
 
-class CallCounter:
-    """Counts the calls the group makes to ``Telemetry.on_close`` (bound when the group is made)."""
-
-    def __init__(self, telemetry: tt.Telemetry) -> None:
-        self.calls = 0
-        on_close = telemetry.on_close
-
-        def counted(rec: ConnectionRecord, exc: Optional[BaseException]) -> None:
-            self.calls += 1
-            on_close(rec, exc)
-
-        telemetry.on_close = counted  # type: ignore[method-assign]
-
-
 def _closed_by_record(
     group: Group,
     duration: float,
@@ -370,7 +358,7 @@ def fixed_clock(monkeypatch):
 def test_connection_lost_ends_where_on_close_does(fixed_clock):
     rng = random.Random(11)
     quiet, general = _telemetry(), _telemetry()
-    counter = CallCounter(quiet)
+    counter = Spy(quiet, "on_close")
     group = Group("pending", "server", quiet.registry, quiet)
     for _ in range(2000):
         duration = rng.expovariate(rng.choice([1000.0, 0.5]))
@@ -401,7 +389,7 @@ def test_connection_lost_ends_where_on_close_does(fixed_clock):
 )
 def test_what_makes_connection_lost_call_on_close_again(fixed_clock, change, calls):
     telemetry = _telemetry()
-    counter = CallCounter(telemetry)
+    counter = Spy(telemetry, "on_close")
     group = Group("pending", "server", telemetry.registry, telemetry)
     _closed_by_record(group, 0.003)  # the first one calls: on_close sets the group's fast path up
     assert counter.calls == 1 and group.quiet_close is not None
@@ -428,7 +416,7 @@ def test_what_makes_connection_lost_call_on_close_again(fixed_clock, change, cal
 
 def test_a_registry_read_folds_the_durations_appended_without_on_close(fixed_clock):
     telemetry = _telemetry()
-    counter = CallCounter(telemetry)
+    counter = Spy(telemetry, "on_close")
     group = Group("pending", "server", telemetry.registry, telemetry)
     aggregate = telemetry.histograms[DURATION]
     for _ in range(5):
