@@ -1,6 +1,6 @@
 """Instructions per connection on the server, by mode, counted by callgrind (repeatable, unlike timings).
 
-    python bench/churn_callgrind.py [--loop uvloop|asyncio|both] [--modes plain,core,metrics,...]
+    python bench/churn_callgrind.py [--loop uvloop|asyncio|both] [--modes plain,core,metrics,...] [--repeat 3]
     python bench/churn_callgrind.py --profile core [--loop uvloop] [--top 30]
 
 For each mode the server runs under ``valgrind --tool=callgrind`` twice, serving
@@ -22,6 +22,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,12 @@ def main() -> None:
     parser.add_argument("--profile", metavar="MODE", help="per-function profile of MODE against plain")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--base", default="plain", help="the mode --profile compares with")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each mode this many times and report the median (plain swings by a few hundred)",
+    )
     args = parser.parse_args()
     loops = ("uvloop", "asyncio") if args.loop == "both" else (args.loop,)
     if args.profile:
@@ -205,9 +212,14 @@ def main() -> None:
     rows = []
     for loop_kind in loops:
         for mode in args.modes.split(","):
-            per_conn = (instructions(mode, loop_kind, LARGE) - instructions(mode, loop_kind, SMALL)) / (LARGE - SMALL)
+            samples = [
+                (instructions(mode, loop_kind, LARGE) - instructions(mode, loop_kind, SMALL)) / (LARGE - SMALL)
+                for _ in range(max(1, args.repeat))
+            ]
+            per_conn = statistics.median(samples)
             rows.append((loop_kind, mode, per_conn))
-            print(f"{loop_kind} {mode}: {per_conn:,.0f} instructions per connection", file=sys.stderr, flush=True)
+            each = f" (median of {', '.join(f'{x:,.0f}' for x in samples)})" if len(samples) > 1 else ""
+            print(f"{loop_kind} {mode}: {per_conn:,.0f} instructions per connection{each}", file=sys.stderr, flush=True)
     plain = {loop: n for loop, mode, n in rows if mode == "plain"}
     print("\n| loop | mode | instructions per connection | added vs plain | target (added) |")
     print("|---|---|---|---|---|")
