@@ -250,8 +250,9 @@ def wrapper_class_for(app: Any, loop: Any = None) -> type:
     """The wrapper of ``app``'s shape: every loop takes the path with it that it takes with ``app``."""
     if loop is None:
         loop = asyncio.events._get_running_loop()
-    # Cached per (app class, loop class), the key the factory looks up inline:
-    # one dict lookup per connection. The shape itself does not depend on the loop.
+    # Cached per (app class, loop class), for the callers without a cache of their own
+    # (set_protocol, start_tls; the factory keeps its last answer per app class).
+    # The shape itself does not depend on the loop.
     cache_key = (type(app), type(loop))
     cls = _class_cache.get(cache_key)
     if cls is None:

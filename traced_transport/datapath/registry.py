@@ -196,8 +196,9 @@ class Registry:
         return Snapshot(closed, live, monotonic())
 
     def live(self) -> list[ConnectionRecord]:
-        _abandoned.close_gone(list(self._live))
-        return [rec for rec in list(self._live) if rec.closed_at is None]
+        live = list(self._live)  # one copy: the records close_gone ends are closed in it too
+        _abandoned.close_gone(live)
+        return [rec for rec in live if rec.closed_at is None]
 
     def totals(self, name: Optional[str] = None) -> Totals:
         """Everything summed (optionally for one ``transport.name``): handy in apps and tests."""

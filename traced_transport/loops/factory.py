@@ -154,7 +154,7 @@ class TracedProtocolFactory:
 
     def _learn(self, app: Any) -> Optional[type]:
         # A new app class: find its wrapper class once (the same on every loop).
-        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app, _get_running_loop())
+        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app)  # the running loop's, by default
         if cls is _protocols._AlreadyTraced:
             cls = None
         self._app_cls, self._wrapper_cls = type(app), cls
