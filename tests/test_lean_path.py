@@ -8,6 +8,7 @@ import pytest
 from _helpers import Collect, closed, tcp_pair
 
 import traced_transport as tt
+from traced_transport.datapath.classify import ConnKey
 from traced_transport.datapath.protocols import PlainWrapper, wrap
 from traced_transport.datapath.record import ConnectionRecord, Group
 
@@ -74,6 +75,41 @@ def test_the_loop_folds_a_long_ended_queue(run):
     totals = registry.totals()
     assert (totals.opened, totals.closed, totals.active) == (3, 3, 0)
     assert sum(totals.close_reasons.values()) == 3
+
+
+def test_a_fold_of_interleaved_attribute_sets_adds_each_record_once():
+    registry = tt.Registry()
+    group = Group("g", "server", registry)
+    a = ConnKey("g", "server", "tcp", "ipv4", 1, None)
+    b = ConnKey("g", "server", "tcp", "ipv6", 2, "1.3")
+    specs = [
+        (a, 1, 2, "eof", 0),
+        (a, 10, 20, "closed", 2),
+        (b, 100, 200, "reset", 0),
+        (a, 3, 4, "eof", 1),
+        (b, 5, 6, "eof", 0),
+    ]
+    expected: dict = {}
+    for key, rx, tx, reason, pauses in specs:
+        rec = ConnectionRecord(group)
+        rec.key, rec.rx, rec.tx, rec.close_reason, rec.opened_at = key, rx, tx, reason, 1.0
+        if pauses:
+            rec.read_pauses, rec.read_paused_s = pauses, pauses / 2
+        registry._ended.append(rec)
+        t = expected.setdefault(key, [0, 0, 0, {}, 0, 0.0])
+        t[0] += 1
+        t[1] += rx
+        t[2] += tx
+        t[3][reason] = t[3].get(reason, 0) + 1
+        t[4] += pauses
+        t[5] += pauses / 2
+    closed = registry.snapshot().closed
+    got = {
+        key: [t.closed, t.rx, t.tx, t.close_reasons, t.read_pauses, t.read_paused_s]
+        for key, t in closed.items()
+        if t.opened == t.closed
+    }
+    assert got == expected and not registry._ended
 
 
 def test_factory_follows_a_change_of_app_class(run):
