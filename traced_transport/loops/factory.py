@@ -84,9 +84,15 @@ def _admit_name(name: str) -> None:
         _names.add(name)
 
 
-_new = object.__new__
-# _make's default: call the app's factory (no app protocol is this object).
-_CALL_FACTORY: Any = object()
+class _LoopRecord(ConnectionRecord):
+    """A ConnectionRecord made without arguments, its fields set by the factory (see ``_make``).
+
+    ``object.__init__`` as a C slot: no frame, and no ``object.__new__`` call, which costs
+    an argument tuple. Only the factory makes these; to everything else it is a ConnectionRecord.
+    """
+
+    __slots__ = ()
+    __init__ = object.__init__
 
 
 class TracedProtocolFactory:
@@ -97,11 +103,11 @@ class TracedProtocolFactory:
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # The app class of the last connection, and the wrapper class for it (None:
-        # the app's protocol is traced already): a factory nearly always makes one
-        # class of protocol.
+        # The app class of the last connection, and the wrapper class for it: a factory
+        # nearly always makes one class of protocol. (An app protocol traced already is
+        # never remembered here.)
         self._app_cls: Optional[type] = None
-        self._wrapper_cls: Optional[type] = None
+        self._wrapper_cls: Any = None
         # The loop class __call__ last ran on (the hooks hand the loops they know _make instead).
         self._loop_cls: Optional[type] = None
 
@@ -112,29 +118,25 @@ class TracedProtocolFactory:
             if type(loop) not in patches._seen:
                 patches.ensure(type(loop))
             self._loop_cls = type(loop)
-        return self._make(self.protocol_factory(*args, **kwargs))
+        return self._wrap(self.protocol_factory(*args, **kwargs))
 
-    def _make(self, app: Any = _CALL_FACTORY) -> Any:
-        """The wrapped protocol for ``app``; by default, for what the app's factory makes without arguments.
+    def _make(self) -> Any:
+        """The wrapped protocol for what the app's factory makes without arguments.
 
         The loop hooks hand the loop this bound method in place of the factory (the loops call
         it without arguments): a plain method call per connection, where ``__call__`` costs the
         interpreter's generic call slot and an argument tuple and keyword dict. Only a loop
         whose hooks are in place gets it, so it need not check the loop's.
         """
-        if app is _CALL_FACTORY:
-            app = self.protocol_factory()
-        cls = self._wrapper_cls
+        app = self.protocol_factory()
         if type(app) is not self._app_cls:
-            cls = self._learn(app)
-        if cls is None:
-            return app
+            return self._wrap_new_class(app)
         # The wrapper and ConnectionRecord(group), made here without a frame
         # each: once per connection. The record's fields are __init__'s (a test
         # compares them).
-        rec = _new(ConnectionRecord)
+        rec = _LoopRecord()
         rec.group = self.group
-        rec.key = None  # type: ignore[assignment]  # set when it opens
+        rec.key = None  # set when it opens
         rec.rx = 0
         rec.tx = 0
         rec.opened_at = 0.0
@@ -146,19 +148,27 @@ class TracedProtocolFactory:
         rec._flags = 0
         rec._rare = None
         rec.eof_at = None
-        wrapper: Any = cls()  # protocols.new_wrapper, inline
+        wrapper: Any = self._wrapper_cls()  # protocols.new_wrapper, inline
         wrapper._app = app
         wrapper._rec = rec
         wrapper._proxy = None
         return wrapper
 
-    def _learn(self, app: Any) -> Optional[type]:
-        # A new app class: find its wrapper class once (the same on every loop).
-        cls: Optional[type] = _protocols.wrapper_class_in(self.group, app)  # the running loop's, by default
+    def _wrap(self, app: Any) -> Any:
+        """The wrapped protocol for ``app`` (``app`` itself if it is traced already)."""
+        if type(app) is not self._app_cls:
+            return self._wrap_new_class(app)
+        return _protocols.new_wrapper(self._wrapper_cls, app, ConnectionRecord(self.group))
+
+    def _wrap_new_class(self, app: Any) -> Any:
+        # A new app class: find its wrapper class once (the same on every loop). An app
+        # protocol that is traced already is handed back as is, and its class is not
+        # remembered, so each of its instances comes here.
+        cls = _protocols.wrapper_class_in(self.group, app)  # the running loop's, by default
         if cls is _protocols._AlreadyTraced:
-            cls = None
+            return app
         self._app_cls, self._wrapper_cls = type(app), cls
-        return cls
+        return _protocols.new_wrapper(cls, app, ConnectionRecord(self.group))
 
     def __repr__(self) -> str:
         return f"<traced {self.protocol_factory!r} name={self.group.name!r} side={self.group.side!r}>"
