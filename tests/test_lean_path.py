@@ -361,3 +361,53 @@ def test_the_wrapper_opens_and_ends_a_record_as_open_and_close_do(flags, exc, ob
     if observer is not None:
         first, second = observer.calls[::2], observer.calls[1::2]
         assert first == second and [c[0] for c in observer.calls] == ["open", "open", "close", "close"]
+
+
+def test_a_listener_s_followers_open_the_short_way_as_open_does(monkeypatch):
+    from traced_transport.datapath import protocols
+
+    general = []
+    monkeypatch.setattr(
+        protocols._Wrapper,
+        "_open",
+        lambda self, t, _open=protocols._Wrapper._open: general.append(self) or _open(self, t),
+    )
+
+    class Closes:  # an observer without an open hook (Group.open_hooks is False)
+        def on_close(self, rec, exc):
+            pass
+
+    registry = tt.Registry()
+    group = Group("g", "server", registry, Closes())
+    # As classify leaves it for a group served by one listener.
+    group.fixed_keys[_FakeTransport] = ConnKey("g", "server", "tcp", "ipv4", 8080, None)
+    first, second, plain = ConnectionRecord(group), ConnectionRecord(group), ConnectionRecord(group)
+    wrappers = [wrap(asyncio.Protocol(), rec) for rec in (first, second)]
+    for wrapper in wrappers:
+        wrapper.connection_made(_FakeTransport())
+    transport = _FakeTransport()
+    plain.open(transport)
+    assert general == wrappers[:1] and group.fast_open is not None  # the first set the short way up
+    ignore = {"opened_at", "_transport_ref"}
+    assert {k: v for k, v in _fields(second).items() if k not in ignore} == {
+        k: v for k, v in _fields(plain).items() if k not in ignore
+    }
+    assert second.key is group.fixed_keys[_FakeTransport] and second in registry._live
+    assert type(wrappers[1]._proxy) is type(wrappers[0]._proxy) and wrappers[1]._proxy._rec is second
+    assert second.transport is wrappers[1]._proxy._transport
+
+
+def test_the_short_way_ends_when_the_group_serves_another_listener():
+    group = Group("g", "server", tt.Registry())
+    group.fixed_keys[_FakeTransport] = ConnKey("g", "server", "tcp", "ipv4", 8080, None)
+    wrap(asyncio.Protocol(), ConnectionRecord(group)).connection_made(_FakeTransport())
+    assert group.fast_open is not None
+    group.listening_on(None)  # e.g. an accepted socket handed to connect_accepted_socket
+    assert group.fast_open is None and not group.fixed_keys
+
+
+def test_a_group_with_open_hooks_never_takes_the_short_way():
+    group = Group("g", "server", tt.Registry(), capture_extra=True)
+    group.fixed_keys[_FakeTransport] = ConnKey("g", "server", "tcp", "ipv4", 8080, None)
+    wrap(asyncio.Protocol(), ConnectionRecord(group)).connection_made(_FakeTransport())
+    assert group.fast_open is None

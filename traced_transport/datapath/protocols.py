@@ -47,8 +47,33 @@ class _Wrapper:
 
     def connection_made(self, transport: Any) -> None:
         rec = self._rec
-        # make_proxy(transport, rec), without its frame: once per connection.
-        cls, set_transport, set_rec, pipes = _proxy_recipes.get(type(transport)) or _proxy_recipe_for(type(transport))
+        group = rec.group
+        fast = group.fast_open
+        if fast is None or fast[0] is not type(transport):
+            self._open(transport)
+            return
+        # The group's connections so far came on this transport class, from one listener and
+        # without open hooks: its proxy recipe and attribute set, found once (Group.fast_open).
+        _, cls, set_transport, set_rec, key = fast
+        proxy = self._proxy = cls()
+        set_transport(proxy, transport)
+        set_rec(proxy, rec)
+        rec.opened_at = monotonic()
+        try:
+            rec._transport_ref = _ref(transport)
+        except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
+            rec._transport_ref = _abandoned.strong(transport)
+        rec.key = key
+        group._live.add(rec)
+        self._app.connection_made(proxy)
+
+    def _open(self, transport: Any) -> None:
+        """connection_made the general way (the group's short way does not cover this connection); it may set the short way up."""
+        rec = self._rec
+        # make_proxy(transport, rec), without its frame.
+        tcls = type(transport)
+        recipe = _proxy_recipes.get(tcls) or _proxy_recipe_for(tcls)
+        cls, set_transport, set_rec, pipes = recipe
         proxy = self._proxy = cls()
         set_transport(proxy, transport)
         set_rec(proxy, rec)
@@ -61,8 +86,12 @@ class _Wrapper:
             rec._transport_ref = _ref(transport)
         except TypeError:  # not weakly referenceable (a stand-in of ours): held instead
             rec._transport_ref = _abandoned.strong(transport)
-        key = group.fixed_keys.get(type(transport))
-        rec.key = key if key is not None else _classify(group, transport)
+        fixed = group.fixed_keys
+        key = fixed.get(tcls) or _classify(group, transport)
+        if fixed.get(tcls) is key and not pipes and not group.open_hooks:
+            # This listener's connections on tcls share key: the next ones open the short way.
+            group.fast_open = (tcls, cls, set_transport, set_rec, key)
+        rec.key = key
         group._live.add(rec)
         if group.open_hooks:
             rec._open_hooks(transport)

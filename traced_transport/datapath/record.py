@@ -95,6 +95,7 @@ class Group:
         "open_hooks",
         "eof_hooks",
         "quiet_close",
+        "fast_open",
         "__weakref__",
     )
 
@@ -151,6 +152,11 @@ class Group:
         # whenever the registry folds (Registry.add_fold_listener), which bounds it as the ended
         # queue is bounded. None: every close calls on_close.
         self.quiet_close: Optional[QuietClose] = None
+        # (transport class, proxy class, its _transport and _rec setters, attribute set): set
+        # by the first connection opened while the group has a fixed attribute set for that
+        # class, no pipes to proxy and no open hooks; its followers on that class open with
+        # these, without a lookup or a test for either. None: each opens the general way.
+        self.fast_open: Optional[tuple[type, type, Any, Any, ConnKey]] = None
 
     def listening_on(self, sockets: Any) -> None:
         """The loop hooks saw this group's factory serve ``sockets`` (None: something else, e.g. an accepted socket)."""
@@ -170,6 +176,7 @@ class Group:
                     break
         if self.listeners is None or len(self.listeners) > 1:
             self.fixed_keys.clear()
+            self.fast_open = None
 
 
 class _Rare:
