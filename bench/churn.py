@@ -7,6 +7,7 @@ Server in a child process, load from this process's children, same run. Modes:
   reference  (on request) bench/echo.py's minimal forwarding protocol + proxy, counting nothing
   minimal    (on request) bench/minimal.py: the least a recording wrapper does per connection, in Python
   minimal_count  (on request) the same without the attribute set and the fold
+  minimal_record (on request) minimal in the core's shape: its record apart, closed into a Registry
   core       traced(registry=...) - recording only, no OpenTelemetry
   metrics    traced() with the SDK's MeterProvider + Prometheus reader, no tracer provider set
   default    metrics + TracerProvider() (default sampler: every span sampled), BatchSpanProcessor to an
@@ -70,6 +71,11 @@ def server_factory(mode: str, protocol):
         import minimal
 
         return minimal.factory(protocol, count_only=mode == "minimal_count")
+    if mode == "minimal_record":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import minimal
+
+        return minimal.apart_factory(protocol)
     if mode == "core":
         return tt.traced(protocol, name="churn", registry=tt.Registry())
     return tt.traced(protocol, name="churn")

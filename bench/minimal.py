@@ -11,6 +11,8 @@ which reaches the transport through the app and its proxy, the callback could ne
 keeps the record apart from the wrapper for that reason). Not done: observers, TLS, pauses, other
 loops' threads (no lock), the proxy's transparency (only the methods the echo uses).
 ``minimal_count`` stops before the attribute set, the fold and the weak reference.
+``minimal_record`` (``apart_factory``) does what ``minimal`` does in the core's shape: the record
+apart from the wrapper, closed into the project's thread-safe ``Registry``.
 
 Whatever this costs over ``plain`` is below anything ``core`` can reach while it runs in Python.
 """
@@ -155,4 +157,117 @@ def factory(protocol: Callable[[], Any], count_only: bool = False) -> Callable[[
         return w
 
     make.group = group  # type: ignore[attr-defined]
+    return make
+
+
+# -- minimal_record: the same, in the core's shape -----------------------------------------
+# The record an object apart from the wrapping protocol, so that the live set, which holds it,
+# never reaches the transport (an abandoned transport is freed, and its record keeps its counts);
+# a weak reference to the transport, made at open; closed into the project's own Registry (the
+# ended queue a reader or the loop folds in batches, readable from any thread). Still left out:
+# observers, TLS, pauses, the proxy's transparency, close reasons beyond the flags.
+from traced_transport.datapath.registry import Registry  # noqa: E402
+
+
+class ApartRecord:
+    # What the Registry's fold reads (key, rx, tx, close_reason, _rare), and the times.
+    __slots__ = (
+        "group",
+        "key",
+        "rx",
+        "tx",
+        "opened_at",
+        "closed_at",
+        "close_reason",
+        "flags",
+        "transport_ref",
+        "_rare",
+    )
+    __init__ = object.__init__
+
+
+class ApartTransport(asyncio.Transport):
+    __slots__ = ("_t", "_r")
+    __init__ = object.__init__
+
+    def write(self, data: Any) -> None:
+        self._t.write(data)
+        self._r.tx += len(data)
+
+    def close(self) -> None:
+        self._t.close()
+        self._r.flags |= 2
+
+    def is_closing(self) -> bool:
+        return bool(self._t.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._t.get_extra_info(name, default)
+
+
+class ApartWrapper(asyncio.Protocol):
+    __slots__ = ("_app", "_rec", "_p")
+    __init__ = object.__init__
+
+    def connection_made(self, transport: Any) -> None:
+        rec = self._rec
+        p = self._p = ApartTransport()
+        p._t = transport
+        p._r = rec
+        group = rec.group
+        rec.opened_at = monotonic()
+        rec.transport_ref = weakref.ref(transport)
+        key = group.keys.get(type(transport))
+        if key is None:
+            key = group.keys[type(transport)] = type(transport).__name__
+        rec.key = key
+        group.live.add(rec)
+        self._app.connection_made(p)
+
+    def data_received(self, data: bytes) -> None:
+        self._rec.rx += len(data)
+        self._app.data_received(data)
+
+    def eof_received(self) -> Optional[bool]:
+        self._rec.flags |= 1
+        return self._app.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        rec = self._rec
+        group = rec.group
+        rec.closed_at = monotonic()
+        rec.close_reason = _REASON_BY_FLAGS[rec.flags] if exc is None else type(exc).__name__
+        # Into the ended queue, then out of the live set (Registry's order); folded in batches.
+        ended = group.ended
+        ended.append(rec)
+        group.live.discard(rec)
+        if len(ended) > 1024:
+            group.registry._fold_now()
+        rec.transport_ref = None
+        self._app.connection_lost(exc)
+
+
+class _ApartGroup:
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.live = self.registry._live
+        self.ended = self.registry._ended
+        self.keys: dict[type, str] = {}
+
+
+def apart_factory(protocol: Callable[[], Any]) -> Callable[[], Any]:
+    """``minimal_record``: a factory recording into its own ``Registry`` (``apart_factory(...).registry``)."""
+    group = _ApartGroup()
+
+    def make() -> Any:
+        rec = ApartRecord()
+        rec.group = group
+        rec.rx = rec.tx = rec.flags = 0
+        rec.closed_at = rec.close_reason = rec._rare = None
+        w = ApartWrapper()
+        w._app = protocol()
+        w._rec = rec
+        return w
+
+    make.registry = group.registry  # type: ignore[attr-defined]
     return make
