@@ -411,3 +411,34 @@ def test_a_group_with_open_hooks_never_takes_the_short_way():
     group.fixed_keys[_FakeTransport] = ConnKey("g", "server", "tcp", "ipv4", 8080, None)
     wrap(asyncio.Protocol(), ConnectionRecord(group)).connection_made(_FakeTransport())
     assert group.fast_open is None
+
+
+def test_every_way_of_making_a_proxy_gives_the_proxy_class_with_its_slots_set():
+    from traced_transport.datapath import proxy as proxies
+
+    group = Group("g", "server", tt.Registry())
+    group.fixed_keys[_FakeTransport] = ConnKey("g", "server", "tcp", "ipv4", 8080, None)
+    made = []
+    for _ in range(2):  # the general way, then the short way
+        rec = ConnectionRecord(group)
+        wrapper = wrap(asyncio.Protocol(), rec)
+        transport = _FakeTransport()
+        wrapper.connection_made(transport)
+        made.append((wrapper._proxy, transport, rec))
+    rec = ConnectionRecord(group)
+    transport = _FakeTransport()
+    made.append((proxies.make_proxy(transport, rec), transport, rec))
+    cls = proxies.proxy_class_for(_FakeTransport)
+    for proxy, transport, rec in made:
+        assert type(proxy) is cls and proxy._transport is transport and proxy._rec is rec
+        assert isinstance(proxy, asyncio.Transport) and proxy.traced_inner is transport
+    # Its state class adds no name a probe could see, and writes still reach the real transport.
+    state = proxies._states[cls]
+    assert set(vars(state)) - {"__slots__", "__module__", "__init__", "__qualname__", "__doc__"} <= {
+        "_transport",
+        "_rec",
+        "__weakref__",
+    }
+    proxy, transport, _ = made[-1]
+    proxy.custom = 1
+    assert transport.custom == 1 and proxy.custom == 1

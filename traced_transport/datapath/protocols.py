@@ -54,10 +54,12 @@ class _Wrapper:
             return
         # The group's connections so far came on this transport class, from one listener and
         # without open hooks: its proxy recipe and attribute set, found once (Group.fast_open).
-        _, cls, set_transport, set_rec, key = fast
-        proxy = self._proxy = cls()
-        set_transport(proxy, transport)
-        set_rec(proxy, rec)
+        # make_proxy(transport, rec), without its frame.
+        _, state, cls, key = fast
+        proxy = self._proxy = state()
+        proxy._transport = transport
+        proxy._rec = rec
+        proxy.__class__ = cls
         rec.opened_at = monotonic()
         try:
             rec._transport_ref = _ref(transport)
@@ -72,13 +74,13 @@ class _Wrapper:
         rec = self._rec
         # make_proxy(transport, rec), without its frame.
         tcls = type(transport)
-        recipe = _proxy_recipes.get(tcls) or _proxy_recipe_for(tcls)
-        cls, set_transport, set_rec, pipes = recipe
-        proxy = self._proxy = cls()
-        set_transport(proxy, transport)
-        set_rec(proxy, rec)
+        state, cls, pipes = _proxy_recipes.get(tcls) or _proxy_recipe_for(tcls)
+        proxy = self._proxy = state()
+        proxy._transport = transport
+        proxy._rec = rec
         if pipes:
-            _proxy.add_pipes(proxy)
+            proxy._pipes = {}
+        proxy.__class__ = cls
         # rec.open(transport), without its frame (a test compares the two).
         group = rec.group
         rec.opened_at = monotonic()
@@ -90,7 +92,7 @@ class _Wrapper:
         key = fixed.get(tcls) or _classify(group, transport)
         if fixed.get(tcls) is key and not pipes and not group.open_hooks:
             # This listener's connections on tcls share key: the next ones open the short way.
-            group.fast_open = (tcls, cls, set_transport, set_rec, key)
+            group.fast_open = (tcls, state, cls, key)
         rec.key = key
         group._live.add(rec)
         if group.open_hooks:

@@ -70,9 +70,9 @@ class TracedTransport:
     _transport: Any
     _rec: ConnectionRecord
     _pipes: dict[int, Any]  # subprocess transports' proxies only: fd -> pipe proxy
-    # Made by a type call without arguments, the slots set through their descriptors (see
-    # make_proxy): object's own __init__ as a C slot, not a real transport base class's
-    # (_FlowControlMixin's would set attributes through our __setattr__).
+    # Made as an instance of the class's state class, then moved to the class (see make_proxy):
+    # object's own __init__ as a C slot, not a real transport base class's (_FlowControlMixin's
+    # would set attributes through our __setattr__).
     __init__ = object.__init__
 
     def __repr__(self) -> str:
@@ -371,6 +371,8 @@ _ABCS = (
 )
 
 _classes: dict[type, type] = {}
+# Proxy class -> the class of its slots (see _state_class).
+_states: dict[type, type] = {}
 # Proxy classes with a _pipes slot (subprocess transports).
 _with_pipes: set[type] = set()
 
@@ -446,6 +448,7 @@ def proxy_class_for(inner_cls: type) -> type:
     ns: dict[str, Any] = {"__module__": __name__, "__doc__": f"Traced proxy over {inner_cls.__qualname__}."}
     if hasattr(inner_cls, "get_pipe_transport"):
         slots.append("_pipes")  # subprocess transports: one proxy per pipe, handed out again on each call
+    state = _state_class(inner_cls, bases, tuple(slots))
     # 1. Counting methods, each only where the real class has it.
     for name, fn in _COUNTING.items():
         if hasattr(inner_cls, name):
@@ -485,40 +488,50 @@ def proxy_class_for(inner_cls: type) -> type:
                 ns[name] = _forward(name)
             else:
                 ns[name] = _forward_attribute(name)
-    ns["__slots__"] = tuple(slots)
+    ns["__slots__"] = ()
     # The forwarding base first, so its __setattr__/__getattr__ come before anything the ABCs define.
-    cls = type(f"Traced{inner_cls.__name__}", (base, *bases), ns)
+    cls = type(f"Traced{inner_cls.__name__}", (base, state), ns)
+    _states[cls] = state
     if "_pipes" in slots:
         _with_pipes.add(cls)
     _classes[inner_cls] = cls
     return cls
 
 
-# Real transport class -> (proxy class, the __set__ of its _transport and _rec
-# slot descriptors, whether it has a _pipes slot). The setters go past
-# the forwarding __setattr__, and cost less than object.__setattr__ (no lookup
-# by name).
+def _state_class(inner_cls: type, bases: tuple[type, ...], slots: tuple[str, ...]) -> type:
+    """The class that holds a proxy class's slots: the ABC bases and the slots, and nothing else.
+
+    A proxy is made as an instance of it, its slots stored by the interpreter (no ``__setattr__``
+    here: its attribute stores are the specialised slot stores), and then moved to the proxy class,
+    which adds no slots of its own and so may take the instance over. In the proxy class, with the
+    forwarding ``__setattr__``, each slot costs a call to its descriptor's ``__set__`` instead.
+    Nobody else sees an instance of this class.
+    """
+    ns: dict[str, Any] = {"__slots__": slots, "__module__": __name__, "__init__": object.__init__}
+    ns["__qualname__"] = ns["__doc__"] = f"_Traced{inner_cls.__name__}State"
+    return type(f"_Traced{inner_cls.__name__}State", bases or (object,), ns)
+
+
+# Real transport class -> (its proxy's state class, the proxy class, whether it has a _pipes slot).
 _recipes: dict[type, tuple[Any, ...]] = {}
 
 
 def _recipe_for(inner_cls: type) -> tuple[Any, ...]:
     cls = proxy_class_for(inner_cls)
-    setters = tuple(cls.__dict__[name].__set__ for name in ("_transport", "_rec"))
-    found = _recipes[inner_cls] = (cls, *setters, cls in _with_pipes)
+    found = _recipes[inner_cls] = (_states[cls], cls, cls in _with_pipes)
     return found
 
 
-def add_pipes(proxy: Any) -> None:
-    object.__setattr__(proxy, "_pipes", {})
-
-
 def make_proxy(inner: Any, rec: ConnectionRecord) -> Any:
-    cls, set_transport, set_rec, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
-    proxy: Any = cls()
-    set_transport(proxy, inner)
-    set_rec(proxy, rec)
+    state, cls, pipes = _recipes.get(type(inner)) or _recipe_for(type(inner))
+    # Made in its state class and moved to its own (see _state_class); the wrapping protocol's
+    # connection_made does the same without this frame.
+    proxy = state()
+    proxy._transport = inner
+    proxy._rec = rec
     if pipes:
-        add_pipes(proxy)
+        proxy._pipes = {}
+    proxy.__class__ = cls
     return proxy
 
 

@@ -152,11 +152,11 @@ class Group:
         # whenever the registry folds (Registry.add_fold_listener), which bounds it as the ended
         # queue is bounded. None: every close calls on_close.
         self.quiet_close: Optional[QuietClose] = None
-        # (transport class, proxy class, its _transport and _rec setters, attribute set): set
+        # (transport class, its proxy's state class and class, attribute set): set
         # by the first connection opened while the group has a fixed attribute set for that
         # class, no pipes to proxy and no open hooks; its followers on that class open with
         # these, without a lookup or a test for either. None: each opens the general way.
-        self.fast_open: Optional[tuple[type, type, Any, Any, ConnKey]] = None
+        self.fast_open: Optional[tuple[type, type, type, ConnKey]] = None
 
     def listening_on(self, sockets: Any) -> None:
         """The loop hooks saw this group's factory serve ``sockets`` (None: something else, e.g. an accepted socket)."""
