@@ -186,34 +186,16 @@ class ApartRecord:
     __init__ = object.__init__
 
 
-class ApartTransport(asyncio.Transport):
-    __slots__ = ("_t", "_r")
-    __init__ = object.__init__
-
-    def write(self, data: Any) -> None:
-        self._t.write(data)
-        self._r.tx += len(data)
-
-    def close(self) -> None:
-        self._t.close()
-        self._r.flags |= 2
-
-    def is_closing(self) -> bool:
-        return bool(self._t.is_closing())
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._t.get_extra_info(name, default)
-
-
 class ApartWrapper(asyncio.Protocol):
     __slots__ = ("_app", "_rec", "_p")
     __init__ = object.__init__
 
     def connection_made(self, transport: Any) -> None:
         rec = self._rec
-        p = self._p = ApartTransport()
+        # minimal's proxy, adding to the record (its fields have the names minimal's wrapper gives them).
+        p = self._p = MinimalTransport()
         p._t = transport
-        p._r = rec
+        p._w = rec
         group = rec.group
         rec.opened_at = monotonic()
         rec.transport_ref = weakref.ref(transport)
