@@ -98,16 +98,16 @@ class _LoopRecord(ConnectionRecord):
 class TracedProtocolFactory:
     """A protocol factory, usable anywhere asyncio takes one."""
 
-    __slots__ = ("protocol_factory", "group", "_app_cls", "_wrapper_cls", "_loop_cls", "__weakref__")
+    __slots__ = ("protocol_factory", "group", "_learned", "_loop_cls", "__weakref__")
 
     def __init__(self, protocol_factory: Callable[..., Any], group: Group) -> None:
         self.protocol_factory = protocol_factory
         self.group = group
-        # The app class of the last connection, and the wrapper class for it: a factory
-        # nearly always makes one class of protocol. (An app protocol traced already is
-        # never remembered here.)
-        self._app_cls: Optional[type] = None
-        self._wrapper_cls: Any = None
+        # (the app class of the last connection, the wrapper class for it): a factory nearly
+        # always makes one class of protocol. One tuple, so that a loop on another thread never
+        # pairs one class with another's wrapper. (An app protocol traced already is never
+        # remembered here.)
+        self._learned: tuple[Optional[type], Any] = (None, None)
         # The loop class __call__ last ran on (the hooks hand the loops they know _make instead).
         self._loop_cls: Optional[type] = None
 
@@ -129,7 +129,8 @@ class TracedProtocolFactory:
         whose hooks are in place gets it, so it need not check the loop's.
         """
         app = self.protocol_factory()
-        if type(app) is not self._app_cls:
+        learned = self._learned
+        if type(app) is not learned[0]:
             return self._wrap_new_class(app)
         # The wrapper and ConnectionRecord(group), made here without a frame
         # each: once per connection. The record's fields are __init__'s (a test
@@ -148,7 +149,7 @@ class TracedProtocolFactory:
         rec._flags = 0
         rec._rare = None
         rec.eof_at = None
-        wrapper: Any = self._wrapper_cls()  # protocols.new_wrapper, inline
+        wrapper: Any = learned[1]()  # protocols.new_wrapper, inline
         wrapper._app = app
         wrapper._rec = rec
         wrapper._proxy = None
@@ -156,9 +157,10 @@ class TracedProtocolFactory:
 
     def _wrap(self, app: Any) -> Any:
         """The wrapped protocol for ``app`` (``app`` itself if it is traced already)."""
-        if type(app) is not self._app_cls:
+        learned = self._learned
+        if type(app) is not learned[0]:
             return self._wrap_new_class(app)
-        return _protocols.new_wrapper(self._wrapper_cls, app, ConnectionRecord(self.group))
+        return _protocols.new_wrapper(learned[1], app, ConnectionRecord(self.group))
 
     def _wrap_new_class(self, app: Any) -> Any:
         # A new app class: find its wrapper class once (the same on every loop). An app
@@ -167,7 +169,7 @@ class TracedProtocolFactory:
         cls = _protocols.wrapper_class_in(self.group, app)  # the running loop's, by default
         if cls is _protocols._AlreadyTraced:
             return app
-        self._app_cls, self._wrapper_cls = type(app), cls
+        self._learned = (type(app), cls)
         return _protocols.new_wrapper(cls, app, ConnectionRecord(self.group))
 
     def __repr__(self) -> str:
